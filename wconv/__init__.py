@@ -1,0 +1,25 @@
+"""wconv: the weighted convolution of the paper (Sect. 3.2) and what trains it.
+
+The library knows nothing of sweeps, SLURM or databases (those live in ``launch/`` and ``analysis/``).
+"""
+
+from wconv.conv import (
+    WeightedConv1d,
+    WeightedConv2d,
+    WeightedConv3d,
+    convert,
+    density,
+    fuse,
+    param_groups,
+)
+
+__all__ = [
+    "WeightedConv1d",
+    "WeightedConv2d",
+    "WeightedConv3d",
+    "convert",
+    "density",
+    "fuse",
+    "param_groups",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,274 @@
+"""Weighted convolution (Sect. 3.2, Eq. 4): a torch conv whose kernels are multiplied by a density Φ.
+
+Φ is the outer product of one symmetric profile per kernel dimension, each profile
+(α_1, …, α_m, 1, α_m, …, α_1) with centre 1 (2D: Φ = ααᵀ as in the paper). The layers
+subclass ``nn.Conv1d/2d/3d`` with torch's exact constructor, so init loops, state dicts and
+``isinstance`` checks written for torch convs keep working.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from typing import Union
+
+import torch
+import torch.nn as nn
+
+Coefficients = Union[float, Sequence[float]]
+Alpha = Union[None, Coefficients, Sequence[Union[None, Sequence[float]]]]
+
+_TORCH_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def _check_coefficients(coeffs: Sequence[float], size: int, where: str) -> tuple[float, ...]:
+    if size % 2 == 0:
+        raise ValueError(f"alpha{where}: kernel size {size} is even; a density needs an odd size (or alpha=None)")
+    expected = (size - 1) // 2
+    if len(coeffs) != expected:
+        raise ValueError(
+            f"alpha{where}: kernel size {size} takes {expected} coefficient(s) from the outer edge inward, "
+            f"got {len(coeffs)}: {tuple(coeffs)}"
+        )
+    out = []
+    for c in coeffs:
+        if not _is_number(c):
+            raise ValueError(f"alpha{where}: coefficients must be numbers, got {c!r}")
+        c = float(c)
+        if not math.isfinite(c) or c <= 0:
+            raise ValueError(f"alpha{where}: coefficients must be finite and > 0, got {c}")
+        out.append(c)
+    return tuple(out)
+
+
+def parse_alpha(kernel_size: Sequence[int], alpha: Alpha) -> tuple[tuple[tuple[float, ...], ...], bool]:
+    """Validate ``alpha`` against ``kernel_size``.
+
+    Returns the free coefficients per dimension and whether one profile is shared by every
+    dimension (a single number or flat sequence: the paper's β = α).
+    """
+    ks = tuple(int(k) for k in kernel_size)
+    if alpha is None:
+        return tuple(((1.0,) * ((k - 1) // 2)) if k % 2 else () for k in ks), len(set(ks)) == 1
+    if _is_number(alpha):
+        alpha = (alpha,)
+    if not isinstance(alpha, Sequence) or isinstance(alpha, str):
+        raise ValueError(f"alpha must be a number, a sequence of numbers or one sequence per dimension, got {alpha!r}")
+    if len(alpha) > 0 and all(a is None or (isinstance(a, Sequence) and not isinstance(a, str)) for a in alpha):
+        if len(alpha) != len(ks):
+            raise ValueError(
+                f"alpha: kernel {ks} has {len(ks)} dimension(s) but {len(alpha)} per-dimension sequence(s) were given"
+            )
+        per_dim = tuple(
+            () if (k == 1 and not a) else _check_coefficients(tuple(a or ()), k, f"[{d}]")
+            for d, (k, a) in enumerate(zip(ks, alpha))
+        )
+        return per_dim, False
+    sizes = {k for k in ks if k > 1}
+    if len(sizes) > 1:
+        raise ValueError(f"alpha: kernel {ks} is anisotropic; give one coefficient sequence per dimension")
+    if not sizes:
+        raise ValueError(f"alpha: kernel {ks} has no dimension larger than 1 to weight; use alpha=None")
+    coeffs = _check_coefficients(tuple(alpha), sizes.pop(), "")
+    return tuple(coeffs if k > 1 else () for k in ks), True
+
+
+def _profile(coeffs: torch.Tensor) -> torch.Tensor:
+    """(α_1, …, α_m) → (α_1, …, α_m, 1, α_m, …, α_1)."""
+    return torch.cat([coeffs, coeffs.new_ones(1), coeffs.flip(0)])
+
+
+def _outer(profiles: Sequence[torch.Tensor]) -> torch.Tensor:
+    phi = profiles[0]
+    for p in profiles[1:]:
+        phi = phi.unsqueeze(-1) * p
+    return phi
+
+
+def density(kernel_size: Sequence[int], alpha: Alpha, *, dtype: torch.dtype = torch.float32,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Φ for ``kernel_size`` (one entry per dimension), with that shape."""
+    per_dim, _ = parse_alpha(kernel_size, alpha)
+    profiles = [_profile(torch.tensor(c, dtype=dtype, device=device)) for c in per_dim]
+    return _outer(profiles)
+
+
+class _WeightedConv:
+    """What the three weighted convs add to torch's: Φ, and ``weight ∘ Φ`` in ``forward``."""
+
+    density: torch.Tensor
+    weight: nn.Parameter
+
+    def _init_density(self, alpha: Alpha, learnable: bool) -> None:
+        per_dim, tied = parse_alpha(self.kernel_size, alpha)
+        self.learnable = learnable
+        self._buffers.pop("density", None)
+        device = self.weight.device
+        if not learnable:
+            self.log_alpha = None
+            self.register_buffer("density", density(self.kernel_size, alpha, device=device), persistent=False)
+            self._alpha = per_dim
+            return
+        if any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"learnable density needs odd kernel sizes, got {tuple(self.kernel_size)}")
+        # log-parametrisation keeps α > 0; tied profiles share one vector (Φ stays ααᵀ, symmetric).
+        if tied:
+            init = next((c for c in per_dim if c), ())
+            slices = tuple((0, len(init)) if c else None for c in per_dim)
+        else:
+            init, slices, start = (), [], 0
+            for c in per_dim:
+                slices.append((start, start + len(c)) if c else None)
+                init, start = init + c, start + len(c)
+            slices = tuple(slices)
+        self._alpha_slices = slices
+        self.log_alpha = nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float32, device=device)))
+
+    def current_density(self) -> torch.Tensor:
+        if self.log_alpha is None:
+            return self.density
+        coeffs = self.log_alpha.exp()
+        profiles = [coeffs.new_ones(1) if s is None else _profile(coeffs[s[0]:s[1]]) for s in self._alpha_slices]
+        return _outer(profiles)
+
+    @property
+    def alpha(self) -> tuple[tuple[float, ...], ...]:
+        """Free coefficients per dimension, outer edge inward (current values when learnable)."""
+        if self.log_alpha is None:
+            return self._alpha
+        coeffs = self.log_alpha.detach().exp().tolist()
+        return tuple(() if s is None else tuple(coeffs[s[0]:s[1]]) for s in self._alpha_slices)
+
+    def effective_weight(self) -> torch.Tensor:
+        """``weight ∘ Φ`` (Eq. 4); Φ is cast to the weight's dtype, which is a no-op unless they differ."""
+        return self.weight * self.current_density().to(self.weight.dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        alpha = tuple(tuple(round(c, 4) for c in a) for a in self.alpha)
+        shown = alpha[0] if len(set(alpha)) == 1 else alpha
+        return super().extra_repr() + f", alpha={shown}" + (", learnable=True" if self.learnable else "")
+
+
+class WeightedConv1d(_WeightedConv, nn.Conv1d):
+    """``nn.Conv1d`` with kernels weighted by a symmetric density profile."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, alpha: Alpha = None,
+                 learnable: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        self._init_density(alpha, learnable)
+
+
+class WeightedConv2d(_WeightedConv, nn.Conv2d):
+    """``nn.Conv2d`` with kernels weighted by Φ = ααᵀ (the paper's operator)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, alpha: Alpha = None,
+                 learnable: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        self._init_density(alpha, learnable)
+
+
+class WeightedConv3d(_WeightedConv, nn.Conv3d):
+    """``nn.Conv3d`` with kernels weighted by the three-way product of profiles."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, alpha: Alpha = None,
+                 learnable: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        self._init_density(alpha, learnable)
+
+
+_WEIGHTED_OF = {nn.Conv1d: WeightedConv1d, nn.Conv2d: WeightedConv2d, nn.Conv3d: WeightedConv3d}
+_TORCH_OF = {v: k for k, v in _WEIGHTED_OF.items()}
+
+
+def _twin(conv: nn.Module, cls: type) -> nn.Module:
+    """A module of ``cls`` with ``conv``'s hyper-parameters, built on the meta device (no allocation)."""
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+              conv.groups, conv.bias is not None, conv.padding_mode, device="meta", dtype=conv.weight.dtype)
+    new.train(conv.training)
+    return new
+
+
+def _replace(model: nn.Module, swap) -> nn.Module:
+    """Apply ``swap(module) -> module | None`` to every module; replace those it returns."""
+    root = swap(model)
+    if root is not None:
+        return root
+    for name, module in list(model.named_modules()):
+        new = swap(module)
+        if new is not None:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, new)
+    return model
+
+
+def _as_mapping(alpha) -> dict[int, Coefficients]:
+    if _is_number(alpha):
+        return {3: alpha}
+    if not isinstance(alpha, Mapping):
+        raise ValueError(f"convert: alpha must be a number (3×3) or a mapping {{kernel size: coefficients}}, got {alpha!r}")
+    out = {}
+    for k, v in alpha.items():
+        if not isinstance(k, int) or k < 3 or k % 2 == 0:
+            raise ValueError(f"convert: kernel size keys must be odd integers ≥ 3, got {k!r}")
+        parse_alpha((k,), v)
+        out[k] = v
+    return out
+
+
+def convert(model: nn.Module, alpha: Mapping[int, Coefficients] | float, *, learnable: bool = False) -> nn.Module:
+    """Weight, in place, every plain torch conv whose kernel is the same odd size in every dimension.
+
+    The twin shares the very same weight and bias ``Parameter`` objects, so names, counts and
+    optimiser state are unchanged. Sizes missing from ``alpha``, 1×1, even and anisotropic
+    kernels, and subclasses of torch convs (which may have their own ``forward``) are left alone.
+    """
+    by_size = _as_mapping(alpha)
+
+    def swap(m: nn.Module):
+        cls = _WEIGHTED_OF.get(type(m))
+        if cls is None or len(set(m.kernel_size)) != 1 or m.kernel_size[0] not in by_size:
+            return None
+        new = _twin(m, cls)
+        new.weight, new.bias = m.weight, m.bias
+        new._init_density(by_size[m.kernel_size[0]], learnable)
+        return new
+
+    return _replace(model, swap)
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Replace every weighted conv by a plain torch conv with weight ``weight ∘ Φ``: same outputs, no overhead."""
+
+    def swap(m: nn.Module):
+        if not isinstance(m, _WeightedConv):
+            return None
+        new = _twin(m, _TORCH_OF[type(m)])
+        new.weight = nn.Parameter(m.effective_weight().detach().clone(), requires_grad=m.weight.requires_grad)
+        new.bias = m.bias
+        return new
+
+    return _replace(model, swap)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimiser groups that keep learnable density coefficients out of weight decay."""
+    density_ids = {id(m.log_alpha) for m in model.modules() if isinstance(m, _WeightedConv) and m.log_alpha is not None}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in density_ids], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in density_ids], "weight_decay": 0.0},
+    ]
