@@ -15,7 +15,9 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/wconv run sweeps/smoke.yaml
+	$(BIN)/wconv run sweeps/smoke_denoise.yaml
 	$(BIN)/wconv best --sweep smoke
+	$(BIN)/wconv best --sweep smoke_denoise
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -90,12 +90,18 @@ def _outer(profiles: Sequence[torch.Tensor]) -> torch.Tensor:
     return phi
 
 
-def density(kernel_size: Sequence[int], alpha: Alpha, *, dtype: torch.dtype = torch.float32,
+def density(kernel_size: int | Sequence[int], alpha: Alpha, *, dtype: torch.dtype = torch.float32,
             device: torch.device | str | None = None) -> torch.Tensor:
-    """Φ for ``kernel_size`` (one entry per dimension), with that shape."""
-    per_dim, _ = parse_alpha(kernel_size, alpha)
-    profiles = [_profile(torch.tensor(c, dtype=dtype, device=device)) for c in per_dim]
-    return _outer(profiles)
+    """Φ for ``kernel_size`` (one entry per dimension, or an int for 1D), with that shape.
+
+    Computed in float64 and rounded once to ``dtype``; ``alpha=None`` gives ones of any size.
+    """
+    ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+    per_dim, _ = parse_alpha(ks, alpha)
+    if alpha is None:
+        return torch.ones(ks, dtype=dtype, device=device)
+    profiles = [_profile(torch.tensor(c, dtype=torch.float64)) for c in per_dim]
+    return _outer(profiles).to(dtype=dtype, device=device)
 
 
 class _WeightedConv:
@@ -108,10 +114,12 @@ class _WeightedConv:
         per_dim, tied = parse_alpha(self.kernel_size, alpha)
         self.learnable = learnable
         self._buffers.pop("density", None)
-        device = self.weight.device
+        # Φ and α live in the weight's dtype, so a float64 conv gets a float64 density.
+        device, dtype = self.weight.device, self.weight.dtype
         if not learnable:
             self.log_alpha = None
-            self.register_buffer("density", density(self.kernel_size, alpha, device=device), persistent=False)
+            self.register_buffer("density", density(self.kernel_size, alpha, dtype=dtype, device=device),
+                                 persistent=False)
             self._alpha = per_dim
             return
         if any(k % 2 == 0 for k in self.kernel_size):
@@ -127,7 +135,7 @@ class _WeightedConv:
                 init, start = init + c, start + len(c)
             slices = tuple(slices)
         self._alpha_slices = slices
-        self.log_alpha = nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float32, device=device)))
+        self.log_alpha = nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float64)).to(dtype=dtype, device=device))
 
     def current_density(self) -> torch.Tensor:
         if self.log_alpha is None:
@@ -203,15 +211,22 @@ def _twin(conv: nn.Module, cls: type) -> nn.Module:
 
 
 def _replace(model: nn.Module, swap) -> nn.Module:
-    """Apply ``swap(module) -> module | None`` to every module; replace those it returns."""
+    """Apply ``swap(module) -> module | None`` to every module; replace those it returns.
+
+    A module registered under several names is swapped once and replaced under every name.
+    """
     root = swap(model)
     if root is not None:
         return root
-    for name, module in list(model.named_modules()):
-        new = swap(module)
-        if new is not None:
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, new)
+    swapped: dict[int, nn.Module | None] = {}
+    for parent in list(model.modules()):
+        for attr, child in list(parent._modules.items()):  # named_children() would skip repeats
+            if child is None:
+                continue
+            if id(child) not in swapped:
+                swapped[id(child)] = swap(child)
+            if swapped[id(child)] is not None:
+                setattr(parent, attr, swapped[id(child)])
     return model
 
 
@@ -222,8 +237,10 @@ def _as_mapping(alpha) -> dict[int, Coefficients]:
         raise ValueError(f"convert: alpha must be a number (3×3) or a mapping {{kernel size: coefficients}}, got {alpha!r}")
     out = {}
     for k, v in alpha.items():
-        if not isinstance(k, int) or k < 3 or k % 2 == 0:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 3 or k % 2 == 0:
             raise ValueError(f"convert: kernel size keys must be odd integers ≥ 3, got {k!r}")
+        if not (_is_number(v) or (isinstance(v, Sequence) and all(_is_number(c) for c in v))):
+            raise ValueError(f"convert: alpha[{k}] must be a number or a flat sequence of numbers, got {v!r}")
         parse_alpha((k,), v)
         out[k] = v
     return out

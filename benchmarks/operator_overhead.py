@@ -1,0 +1,230 @@
+"""What the weighted convolution costs: training-step and fused-inference time relative to torch's conv.
+
+Targets (Sect. 3.2's claim that Φ adds no measurable cost): training ≤ 1.02 × standard, fused inference
+≤ 1.01 × standard. Standard and weighted models run in one process, interleaved step by step (ABBA order),
+and each time is the median of ``--steps`` steps after ``--warmup``. The "control" rows time two identical
+standard models the same way: their distance from 1.00 is the noise floor of this machine. The ratio is
+the median of per-pair ratios; "Φ work alone" times only ``weight ∘ Φ`` and its backward for every weighted
+conv, reported as 1 + Φ-time / standard-step-time (robust to load, but it leaves out cache effects).
+
+    python benchmarks/operator_overhead.py                 # CPU (and CUDA, eager and compiled, if present)
+    python benchmarks/operator_overhead.py --steps 40 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wconv.conv import convert, fuse
+
+ALPHA = {3: 0.8}
+
+
+class BasicBlock(nn.Module):
+    """CIFAR ResNet block with the parameter-free 'option A' shortcut (He et al. 2016, Sect. 4.2)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout - cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.pad == 0 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2))
+        return F.relu(out + shortcut)
+
+
+def resnet56(num_classes: int = 10) -> nn.Module:
+    """ResNet-56 for 32×32 inputs: a 3×3 stem, 3 stages × 9 basic blocks of 16/32/64 channels."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for stage, cout in enumerate((16, 32, 64)):
+        for block in range(9):
+            layers.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class DnCNN(nn.Module):
+    """17-layer DnCNN (Zhang et al. 2017): conv+ReLU, 15 × (conv+BN+ReLU), conv; predicts the noise."""
+
+    def __init__(self, channels: int = 3, features: int = 64, depth: int = 17) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features), nn.ReLU()]
+        layers.append(nn.Conv2d(features, channels, 3, padding=1, bias=False))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.body(x)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(step_a: Callable[[], None], step_b: Callable[[], None], device: torch.device,
+                     steps: int, warmup: int) -> tuple[float, float, float]:
+    """Median ms of ``step_a`` and ``step_b`` (alternating A,B / B,A) and the median of the paired ratios B/A.
+
+    Each pair runs back to back, so the paired ratio cancels load that drifts slower than one step
+    (other processes on a shared machine); it is the ratio the table reports.
+    """
+    a, b = [], []
+    for rep in range(warmup + steps):
+        pair = {}
+        for key in ("ab" if rep % 2 == 0 else "ba"):
+            step = step_a if key == "a" else step_b
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            pair[key] = (time.perf_counter() - start) * 1e3
+        if rep >= warmup:
+            a.append(pair["a"])
+            b.append(pair["b"])
+    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in zip(a, b))
+
+
+def density_work(model: nn.Module) -> Callable[[], None]:
+    """Only what weighting adds to a training step: ``weight ∘ Φ`` for every weighted conv and its backward."""
+    convs = [m for m in model.modules() if hasattr(m, "effective_weight")]
+    grads = [torch.ones_like(m.weight) for m in convs]
+
+    def step() -> None:
+        torch.autograd.backward([m.effective_weight() for m in convs], grads)
+
+    return step
+
+
+def training_step(model: nn.Module, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+    """One forward + backward + SGD step (momentum, weight decay) of ``model`` on a fixed batch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(x)).backward()
+        optimizer.step()
+
+    return step
+
+
+def inference_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def workloads(args: argparse.Namespace, device: torch.device):
+    """(name, model factory, input, loss) for ResNet-56 on CIFAR-sized images and DnCNN on RGB patches."""
+    g = torch.Generator().manual_seed(0)
+    x_cls = torch.randn(args.resnet_batch, 3, 32, 32, generator=g).to(device)
+    y_cls = torch.randint(0, 10, (args.resnet_batch,), generator=g).to(device)
+    clean = torch.rand(args.dncnn_batch, 3, args.dncnn_size, args.dncnn_size, generator=g).to(device)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=g).to(device)
+    yield "ResNet-56", resnet56, x_cls, lambda out: F.cross_entropy(out, y_cls)
+    yield "DnCNN-17", DnCNN, noisy, lambda out: F.mse_loss(out, clean)
+
+
+def benchmark(args: argparse.Namespace, device: torch.device, compiled: bool) -> list[tuple]:
+    rows = []
+    wrap = (lambda m: torch.compile(m)) if compiled else (lambda m: m)
+    suffix = " +compile" if compiled else ""
+    for name, make, x, loss in workloads(args, device):
+        torch.manual_seed(0)
+        standard = make().to(device)
+        weighted = convert(copy.deepcopy(standard), ALPHA)
+        control = copy.deepcopy(standard)
+
+        def measure(mode: str, a: Callable[[], None], b: Callable[[], None], target: float) -> float:
+            ms_a, ms_b, ratio = time_interleaved(a, b, device, args.steps, args.warmup)
+            rows.append((name, mode + suffix, device.type, ms_a, ms_b, ratio, target))
+            print(f"  {name:<10} {mode + suffix:<28} {ms_a:9.2f} {ms_b:9.2f} {ratio:7.3f}", flush=True)
+            return ms_a
+
+        for m in (standard, weighted, control):
+            m.train()
+        train_standard = training_step(wrap(standard), x, loss)
+        ms_std = measure("train weighted", train_standard, training_step(wrap(weighted), x, loss), 1.02)
+        if not args.no_control:
+            measure("train control (std/std)", train_standard, training_step(wrap(control), x, loss), 1.00)
+        if not compiled:
+            # The weighting alone, timed apart from the step: a low-noise estimate of its share.
+            ms_phi, _, _ = time_interleaved(density_work(weighted), lambda: None, device, args.steps, args.warmup)
+            weighted.zero_grad(set_to_none=True)
+            rows.append((name, "train: std + Φ work alone (est.)", device.type, ms_std, ms_std + ms_phi,
+                         1 + ms_phi / ms_std, 1.02))
+            print(f"  {name:<10} {'Φ work alone':<28} {ms_std:9.2f} {ms_phi:9.2f}", flush=True)
+
+        for m in (standard, weighted, control):
+            m.eval()
+        fused = fuse(copy.deepcopy(weighted))
+        infer_standard = inference_step(wrap(standard), x)
+        measure("infer fused", infer_standard, inference_step(wrap(fused), x), 1.01)
+        if args.unfused:
+            measure("infer weighted (unfused)", infer_standard, inference_step(wrap(weighted), x), float("nan"))
+        if not args.no_control:
+            measure("infer control (std/std)", infer_standard, inference_step(wrap(control), x), 1.00)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model (median is reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
+    parser.add_argument("--resnet-batch", type=int, default=32)
+    parser.add_argument("--dncnn-batch", type=int, default=8)
+    parser.add_argument("--dncnn-size", type=int, default=40, help="DnCNN patch side (RGB)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile on CPU (always on CUDA)")
+    parser.add_argument("--unfused", action="store_true", help="also time inference of the unfused weighted model")
+    parser.add_argument("--no-control", action="store_true", help="skip the standard-vs-standard noise rows")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+
+    runs = []
+    if args.device in ("all", "cpu"):
+        runs.append((torch.device("cpu"), False))
+        if args.compile:
+            runs.append((torch.device("cpu"), True))
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        runs += [(torch.device("cuda"), False), (torch.device("cuda"), True)]
+
+    rows = []
+    for device, compiled in runs:
+        print(f"[{device.type}{' compiled' if compiled else ''}] model, mode, standard ms, weighted ms, ratio",
+              flush=True)
+        rows += benchmark(args, device, compiled)
+
+    print(f"\ntorch {torch.__version__}, {args.threads} CPU threads, median of {args.steps} steps "
+          f"after {args.warmup} warm-up, interleaved; ResNet-56 batch {args.resnet_batch} @32×32, "
+          f"DnCNN-17 batch {args.dncnn_batch} @{args.dncnn_size}×{args.dncnn_size} RGB, α = {ALPHA}")
+    header = f"| {'model':<10} | {'mode':<33} | {'device':<6} | {'standard ms':>11} | {'weighted ms':>11} | {'ratio':>6} | {'target':>6} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for name, mode, dev, ms_a, ms_b, ratio, target in rows:
+        shown = "—" if target != target else f"≤{target:.2f}" if target > 1 else "≈1.00"
+        print(f"| {name:<10} | {mode:<33} | {dev:<6} | {ms_a:11.2f} | {ms_b:11.2f} | {ratio:6.3f} | {shown:>6} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Run a sweep on a Ray local cluster (a laptop, a workstation, one GPU node, or the cluster in RAY_ADDRESS).
+
+Cells run one after another; the trials of a cell run concurrently on every free slot. Running
+the same sweep again resumes it: finished cells are skipped, an interrupted cell is restored from
+Tune's experiment state and its unfinished trials from their last per-epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, TextIO
+
+from ray import tune
+
+from launch.search import alpha_of, run_cell, start_ray, trials_per_cell
+from launch.spec import Cell, Sweep
+
+TERMINAL = ("completed", "stopped", "failed")
+
+
+def _record_fields(sweep: Sweep, cell: Cell, alpha: tuple[float, ...]) -> dict:
+    baseline = all(a == 1.0 for a in alpha)
+    return {"cell": cell.id, "model": cell.model, "kernel_size": cell.kernel_size, "alpha": list(alpha),
+            "alpha_1": alpha[0] if alpha else None, "alpha_2": alpha[1] if len(alpha) > 1 else None,
+            "seed": cell.seed, "baseline": baseline}
+
+
+def _trial_id(cell: Cell, trial) -> str:
+    return f"{cell.id}/{trial.trial_id}"
+
+
+class StoreCallback(tune.Callback):
+    """Tune callback, run in the driver, that writes every trial to the results store and prints progress."""
+
+    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: TextIO = sys.stdout):
+        self.sweep, self.cell, self.position, self.out = sweep, cell, position, out
+        self.store = None
+
+    def __getstate__(self):
+        # Tune pickles callbacks with the experiment; the engine and stream are reopened on restore.
+        return {k: v for k, v in self.__dict__.items() if k not in ("store", "out")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, store=None, out=sys.stdout)
+
+    def _store(self):
+        from analysis.store import Store
+
+        if self.store is None:
+            self.store = Store(self.sweep.storage)
+        return self.store
+
+    def _record(self, trial, **fields):
+        alpha = alpha_of(trial.config, self.cell)
+        self._store().record_trial(self.sweep.name, _trial_id(self.cell, trial),
+                                   **_record_fields(self.sweep, self.cell, alpha), **fields)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._record(trial, status="running", started_at=datetime.now(timezone.utc))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and (k.startswith(("val_", "train_")) or k in ("lr", "wall_time_s"))}
+        self._store().record_epoch(self.sweep.name, _trial_id(self.cell, trial), int(result["epoch"]), epoch)
+        if not result.get("finished"):
+            self._record(trial, status="running", epochs_run=int(result["epoch"]), host=result.get("host"),
+                         device=result.get("device"), wall_time_s=result.get("wall_time_s"))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get("finished"):
+            self._record(trial, status=last["trial_status"], reason=last["reason"], metrics=last["final"],
+                         metric_settings=last.get("metric_settings"), epochs_run=int(last["epoch"]),
+                         wall_time_s=last.get("wall_time_s"), host=last.get("host"), device=last.get("device"))
+        else:
+            epochs = int(last.get("epoch", 0))
+            partial = {k: v for k, v in last.items() if k.startswith("val_")}
+            self._record(trial, status="stopped", reason=f"stopped by ASHA after {epochs} epoch(s)",
+                         metrics=partial, epochs_run=epochs, wall_time_s=last.get("wall_time_s"))
+        self._progress(trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, status="failed", reason=_error_line(trial))
+        self._progress(trials, trial)
+
+    def _progress(self, trials, just_done):
+        # Tune calls back before it marks ``just_done`` terminated.
+        sweep = self.sweep
+        done = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is just_done]
+        best, best_alpha = None, None
+        for t in done:
+            last = t.last_result or {}
+            value = (last.get("final") or {}).get(sweep.metric) if last.get("finished") else None
+            if value is not None and not last.get("baseline") and (
+                    best is None or (value > best if sweep.mode == "max" else value < best)):
+                best, best_alpha = value, alpha_of(t.config, self.cell)
+        shown = f"best {sweep.metric} {best:.4g} at α=({_fmt_alpha(best_alpha)})" if best is not None else "no best yet"
+        print(f"[{self.position} {self.cell.id}] trials {len(done)}/{trials_per_cell(sweep)} done · {shown}",
+              file=self.out, flush=True)
+
+
+def _fmt_alpha(alpha) -> str:
+    return ", ".join(f"{a:.3f}" for a in alpha) if alpha else "-"
+
+
+def _error_line(trial) -> str:
+    text = getattr(trial, "error_msg", None) or ""
+    if not text and getattr(trial, "error_file", None):
+        try:
+            text = Path(trial.error_file).read_text()
+        except OSError:
+            text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "the trial raised an error (see Ray's logs)"
+
+
+def cell_finished(store, sweep: Sweep, cell: Cell) -> bool:
+    trials = store.trials(sweep=sweep.name)
+    if trials.empty:
+        return False
+    mine = trials[trials["cell"] == cell.id]
+    return len(mine) >= trials_per_cell(sweep) and mine["status"].isin(TERMINAL).all()
+
+
+def run_sweep(sweep: Sweep, runs_dir: Path | str = "results/runs", out: TextIO = sys.stdout,
+              num_cpus: Optional[int] = None) -> None:
+    """Run every unfinished cell of ``sweep``; say so and do nothing when all are finished."""
+    from analysis.store import Store
+    from wconv import data
+
+    runs_dir = Path(runs_dir)
+    store = Store(sweep.storage)
+    store.record_sweep(sweep.name, task=sweep.task, metric=sweep.metric, mode=sweep.mode,
+                       spec=sweep.model_dump(mode="json"))
+    cells = sweep.cells()
+    todo = [c for c in cells if not cell_finished(store, sweep, c)]
+    if not todo:
+        print(f"sweep {sweep.name!r} is finished: {len(cells)} cell(s), {len(cells) * trials_per_cell(sweep)} "
+              f"trials in {sweep.storage}; nothing to do (see `wconv best --sweep {sweep.name}`)", file=out)
+        return
+    data.check(sweep.dataset.name, sweep.dataset.root)  # a missing dataset fails here, not in a worker
+    start_ray(num_cpus)
+    started = time.time()
+    for i, cell in enumerate(cells, 1):
+        if cell not in todo:
+            print(f"[cell {i}/{len(cells)} {cell.id}] finished earlier, skipped", file=out, flush=True)
+            continue
+        print(f"[cell {i}/{len(cells)} {cell.id}] {trials_per_cell(sweep)} trials "
+              f"({sweep.search.num_samples} sampled + α = 1 baseline), α ranges {list(cell.ranges)}", file=out,
+              flush=True)
+        known = run_cell(sweep, cell, runs_dir, [StoreCallback(sweep, cell, f"cell {i}/{len(cells)}", out)])
+        _forget_lost_trials(store, sweep, cell, {f"{cell.id}/{t}" for t in known})
+    print(f"sweep {sweep.name!r} done in {time.time() - started:.0f} s; results in {sweep.storage}", file=out)
+
+
+def _forget_lost_trials(store, sweep: Sweep, cell: Cell, known: set[str]) -> None:
+    """Drop rows of trials that a killed driver started after Tune's last saved state.
+
+    Tune restores the experiment from that state, so such a trial never finishes (the searcher
+    proposed a replacement); its row would otherwise stay 'running' forever.
+    """
+    trials = store.trials(sweep=sweep.name)
+    for trial_id in trials[trials["cell"] == cell.id]["trial_id"]:
+        if trial_id not in known:
+            store.forget_trial(sweep.name, trial_id)

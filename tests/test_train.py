@@ -1,0 +1,113 @@
+"""One trial: fairness across α, exact resume from a checkpoint, failure on a non-finite loss, early stopping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from wconv.train import CHECKPOINT, TrainingConfig, TrialConfig, prepare_trial, run_trial
+
+torch.set_num_threads(1)
+
+
+def _config(**training) -> TrialConfig:
+    tc = TrainingConfig.for_task("classification", epochs=4, batch_size=64, max_steps_per_epoch=4, hflip=False,
+                                 **training)
+    return TrialConfig(model="tiny_cnn", dataset="digits", kernel_size=3, alpha=(0.7,), seed=3, training=tc)
+
+
+def _first_batches(setup, n=3):
+    batches = setup.data.train.batches(32, setup.order)
+    return [next(batches) for _ in range(n)]
+
+
+def test_same_seed_gives_same_initial_weights_and_data_order_whatever_alpha():
+    weighted = prepare_trial(_config())
+    standard = prepare_trial(replace(_config(), alpha=None))
+    other_alpha = prepare_trial(replace(_config(), alpha=(1.3,)))
+    for a, b, c in zip(weighted.model.state_dict().values(), standard.model.state_dict().values(),
+                       other_alpha.model.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    for (xa, ya), (xb, yb) in zip(_first_batches(weighted), _first_batches(standard)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_another_seed_gives_other_weights_and_order():
+    a, b = prepare_trial(_config()), prepare_trial(replace(_config(), seed=4))
+    assert not torch.equal(next(iter(a.model.parameters())), next(iter(b.model.parameters())))
+    assert not torch.equal(_first_batches(a, 1)[0][1], _first_batches(b, 1)[0][1])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_trial_resumed_from_its_checkpoint_continues_exactly(tmp_path):
+    config = _config()
+    straight = []
+    run_trial(config, lambda m, d: straight.append(m), tmp_path / "straight")
+
+    def kill_after_two(metrics, directory):
+        if metrics["epoch"] == 2:
+            raise _Killed  # the process dies right after epoch 2's checkpoint
+    with pytest.raises(_Killed):
+        run_trial(config, kill_after_two, tmp_path / "resumed")
+    resumed = []
+    run_trial(config, lambda m, d: resumed.append(m), tmp_path / "resumed")
+
+    assert [m["epoch"] for m in resumed] == [3, 4]
+    keys = ("train_loss", "val_loss", "val_accuracy", "lr")
+    assert [{k: m[k] for k in keys} for m in straight[2:]] == [{k: m[k] for k in keys} for m in resumed]
+    assert straight[-1]["final"] == resumed[-1]["final"]
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_restarting_a_finished_trial_reports_its_result_again_without_training(tmp_path):
+    config = _config()
+    first = run_trial(config, lambda m, d: None, tmp_path)
+    again = []
+    assert run_trial(config, lambda m, d: again.append(m), tmp_path) == first
+    assert len(again) == 1 and again[0]["finished"]
+
+
+def test_last_report_carries_status_final_validation_and_test_metrics(tmp_path):
+    reports = []
+    run_trial(_config(), lambda m, d: reports.append(m), tmp_path)
+    assert [m.get("finished", False) for m in reports] == [False, False, False, True]
+    last = reports[-1]
+    assert last["trial_status"] == "completed"
+    assert {"val_accuracy", "val_f1", "val_loss", "test_accuracy", "test_f1", "best_epoch"} <= set(last["final"])
+    best = min(reports, key=lambda m: m["val_loss"])
+    assert last["final"]["best_epoch"] == best["epoch"]
+    assert last["final"]["val_accuracy"] == best["val_accuracy"]
+
+
+def test_non_finite_loss_ends_the_trial_as_failed_with_the_reason(tmp_path):
+    reports = []
+    result = run_trial(_config(lr=float("inf")), lambda m, d: reports.append(m), tmp_path)
+    assert result["trial_status"] == "failed"
+    assert "non-finite" in result["reason"]
+    assert result["epoch"] < 4
+
+
+def test_early_stopping_ends_trial_but_never_the_baseline(tmp_path):
+    # lr 0 makes validation loss constant: no improvement after the first epoch.
+    config = replace(_config(lr=1e-30, patience=1), training=replace(_config().training, lr=1e-30, patience=1))
+    stopped = run_trial(config, lambda m, d: None, tmp_path / "a")
+    assert stopped["trial_status"] == "completed" and "early stopping" in stopped["reason"]
+    assert stopped["epoch"] == 2
+    baseline = run_trial(replace(config, alpha=None, baseline=True), lambda m, d: None, tmp_path / "b")
+    assert baseline["epoch"] == 4 and "full budget" in baseline["reason"]
+
+
+def test_denoising_trial_scores_psnr_ssim_and_fsim_on_test(tmp_path):
+    tc = TrainingConfig.for_task("denoising", epochs=1, batch_size=16, max_steps_per_epoch=2)
+    config = TrialConfig(model="tiny_denoiser", dataset="natural", kernel_size=5, alpha=(0.1, 0.9), seed=0,
+                         training=tc, dataset_options={"limit": 2})
+    result = run_trial(config, lambda m, d: None, tmp_path)
+    assert result["trial_status"] == "completed"
+    assert {"val_psnr", "test_psnr", "test_ssim", "test_fsim", "test_nrmse", "test_uiq"} <= set(result["final"])

@@ -1,0 +1,123 @@
+"""The datasets of the paper (Sect. 4) and two small offline stand-ins, as tensors on one device.
+
+    data = load("cifar100", root="/scratch/data", device="cuda")
+    for x, y in data.train.batches(128, generator=torch.Generator().manual_seed(seed)):
+        ...
+
+``DATASETS`` maps each name to its task. Nothing here downloads except ``prepare``; ``load``
+runs ``check`` first, so a missing or damaged dataset is one ``DatasetError`` line naming the
+path and the fix, before any training starts. ``root`` defaults to ``$WCONV_DATA``, else ``./data``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from wconv.data import cifar, digits, div2k, natural
+from wconv.data.split import Split
+from wconv.data.task import DatasetError, TaskData
+
+DATASETS = {
+    "digits": "classification",
+    "natural": "denoising",
+    "cifar100": "classification",
+    "div2k": "denoising",
+}
+"""Dataset name -> task: digits and natural are bundled with scikit-learn / scikit-image."""
+
+__all__ = ["DATASETS", "DatasetError", "Split", "TaskData", "check", "load", "prepare"]
+
+
+def _root(root: str | Path | None) -> Path:
+    return Path(root if root is not None else os.environ.get("WCONV_DATA", "data")).expanduser()
+
+
+def _known(name: str) -> str:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def check(name: str, root: str | Path | None = None, *, verify: bool = True) -> None:
+    """Raise DatasetError describing exactly what is missing or corrupt under ``root`` and how to fix it.
+
+    ``verify`` checks the official checksums (CIFAR-100) or file counts (DIV2K); ``verify=False``
+    accepts smaller files in the official format (tests) but still reads every file's structure.
+    """
+    _known(name)
+    if name == "digits":
+        digits.check()
+    elif name == "natural":
+        natural.check()
+    elif name == "cifar100":
+        cifar.check(_root(root), verify=verify)
+    else:
+        div2k.check(_root(root), verify=verify)
+
+
+def prepare(name: str, root: str | Path | None = None) -> Path:
+    """Download (needs network) and verify ``name`` under ``root``; return the dataset's folder.
+    The bundled datasets are only checked."""
+    _known(name)
+    root = _root(root)
+    if name == "cifar100":
+        return cifar.prepare(root)
+    if name == "div2k":
+        return div2k.prepare(root)
+    check(name, root)
+    return root
+
+
+def load(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    val_fraction: float = 0.1,
+    noise_sigma: float = 0.01,
+    patch_size: int | None = None,
+    hflip: bool = True,
+    random_crop: bool = False,
+    limit: int | None = None,
+    verify: bool = True,
+    patches_per_epoch: int | None = None,
+    tiles_per_image: int | None = None,
+) -> TaskData:
+    """Check, read and split ``name``, keeping its tensors on ``device``.
+
+    val_fraction: share of the training pool held out for validation (fixed split seed; not
+        used by ``natural``, which is split by image).
+    noise_sigma: std of the Gaussian noise on [0, 1] images (denoising; Sect. 4.2: 0.01).
+    patch_size: denoising patch side (default 32 natural, 64 div2k); ignored for classification.
+    hflip, random_crop: training augmentation (random_crop pads by image side / 8: 4 px on CIFAR).
+    limit: at most this many examples per split (and, for denoising, images read per split).
+    verify: official checksums / file counts (see ``check``).
+    patches_per_epoch: random training patches per epoch (default 256 natural, 16 per image div2k).
+    tiles_per_image: cap on eval tiles per image (default: all for natural, 32 for div2k).
+    """
+    _known(name)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if noise_sigma < 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+    for arg, value in (("patch_size", patch_size), ("limit", limit), ("patches_per_epoch", patches_per_epoch),
+                       ("tiles_per_image", tiles_per_image)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{arg} must be a positive int or None, got {value!r}")
+    root = _root(root)
+    check(name, root, verify=verify)
+    if name == "digits":
+        return digits.load(device=device, val_fraction=val_fraction, hflip=hflip, random_crop=random_crop,
+                           limit=limit)
+    if name == "natural":
+        return natural.load(device=device, noise_sigma=noise_sigma, patch_size=patch_size, hflip=hflip,
+                            limit=limit, patches_per_epoch=patches_per_epoch, tiles_per_image=tiles_per_image)
+    if name == "cifar100":
+        return cifar.load(root, device=device, val_fraction=val_fraction, hflip=hflip, random_crop=random_crop,
+                          limit=limit, verify=verify)
+    return div2k.load(root, device=device, val_fraction=val_fraction, noise_sigma=noise_sigma,
+                      patch_size=patch_size, hflip=hflip, limit=limit, patches_per_epoch=patches_per_epoch,
+                      tiles_per_image=tiles_per_image)

@@ -1,0 +1,116 @@
+"""CIFAR-100 (Sect. 4.1): the official ``cifar-100-python`` folder under root, read by torchvision.
+
+Splits: val = ``val_fraction`` of the official training set, held out per class with
+``SPLIT_SEED`` (5,000 images, 50 per class, at the default 0.1); train = the other 45,000;
+test = the official 10,000 test images. The uint8 images live on the device (150 MB for train);
+each batch is scaled to [0, 1], augmented there and normalised with CIFAR-100's mean and std.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR100
+from torchvision.datasets.utils import check_integrity
+
+from wconv.data.split import SPLIT_SEED, LabelledImages, stratified_holdout
+from wconv.data.task import DatasetError, TaskData, prepare_hint
+
+NAME = "cifar100"
+FOLDER = CIFAR100.base_folder  # "cifar-100-python"
+MEAN = (0.5071, 0.4865, 0.4409)
+STD = (0.2673, 0.2564, 0.2762)
+"""Per-channel mean and std of the 50,000 official training images in [0, 1]."""
+CROP_PADDING = 4
+
+# Official file name -> (md5, keys the file must hold), from torchvision's own list.
+_FILES = {
+    **{name: (md5, ("data", "fine_labels")) for name, md5 in CIFAR100.train_list + CIFAR100.test_list},
+    CIFAR100.meta["filename"]: (CIFAR100.meta["md5"], (CIFAR100.meta["key"],)),
+}
+
+
+class _UncheckedCIFAR100(CIFAR100):
+    """torchvision's CIFAR100 without its md5 checks, for ``verify=False`` (files that are in the
+    official format but not the official files, e.g. tests). Overrides private methods that
+    torchvision has kept unchanged from 0.17 to 0.29."""
+
+    def _check_integrity(self) -> bool:
+        return True
+
+    def _load_meta(self) -> None:
+        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+def check(root: Path, *, verify: bool = True) -> None:
+    """Raise DatasetError unless root/cifar-100-python holds the three official files: matching the
+    official md5 (``verify``) or at least unpickling to the official keys (``verify=False``)."""
+    folder = root / FOLDER
+    fix = prepare_hint(NAME, root)
+    if not folder.is_dir():
+        raise DatasetError(f"CIFAR-100 folder {folder} not found: {fix}")
+    for name, (md5, keys) in _FILES.items():
+        path = folder / name
+        if not path.is_file():
+            raise DatasetError(f"CIFAR-100 file {path} is missing: {fix}")
+        if verify:
+            if not check_integrity(path, md5):
+                raise DatasetError(f"CIFAR-100 file {path} is corrupt (md5 differs from the official {md5}): "
+                                   f"delete {folder} and {fix}")
+            continue
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            missing = [k for k in keys if k not in entry]
+        except Exception as e:
+            raise DatasetError(f"CIFAR-100 file {path} is corrupt (cannot unpickle: {type(e).__name__}): "
+                               f"delete {folder} and {fix}") from None
+        if missing:
+            raise DatasetError(f"CIFAR-100 file {path} is corrupt (no {', '.join(missing)} entry): "
+                               f"delete {folder} and {fix}")
+
+
+def prepare(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    CIFAR100(root, train=True, download=True)  # downloads, checks the archive's md5, extracts
+    check(root, verify=True)
+    return root / FOLDER
+
+
+def _read(root: Path, train: bool, verify: bool) -> tuple[torch.Tensor, np.ndarray]:
+    cls = CIFAR100 if verify else _UncheckedCIFAR100
+    try:
+        ds = cls(root, train=train, download=False)
+    except Exception as e:  # check() passed, so the file changed under us or is malformed inside
+        raise DatasetError(f"CIFAR-100 under {root / FOLDER} could not be read ({type(e).__name__}: {e}): "
+                           f"delete it and {prepare_hint(NAME, root)}") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # N, 3, 32, 32 uint8
+    return images, np.asarray(ds.targets, dtype=np.int64)
+
+
+def load(root: Path, *, device, val_fraction: float, hflip: bool, random_crop: bool, limit: int | None,
+         verify: bool) -> TaskData:
+    train_images, train_labels = _read(root, True, verify)
+    test_images, test_labels = _read(root, False, verify)
+    train, val = stratified_holdout(train_labels, val_fraction, SPLIT_SEED)
+
+    def split(images, labels, index: np.ndarray, is_train: bool) -> LabelledImages:
+        index = torch.from_numpy(index[:limit])
+        return LabelledImages(
+            images[index].to(device), torch.from_numpy(labels)[index],
+            scale=1 / 255, mean=MEAN, std=STD, train=is_train,
+            hflip=hflip, crop_padding=CROP_PADDING if random_crop else 0, index=index,
+        )
+
+    return TaskData(
+        NAME, "classification", in_channels=3, num_classes=100, image_size=32,
+        train=split(train_images, train_labels, train, True),
+        val=split(train_images, train_labels, val, False),
+        test=split(test_images, test_labels, np.arange(len(test_labels)), False),
+    )
