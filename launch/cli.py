@@ -14,7 +14,7 @@ def _cmd_validate(args) -> None:
     from launch.search import trials_per_cell
     from launch.spec import load_sweep
 
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep, args.set)
     cells = sweep.cells()
     print(f"{args.sweep}: valid — sweep {sweep.name!r}, {len(cells)} cell(s), "
           f"{len(cells) * trials_per_cell(sweep)} trials")
@@ -24,7 +24,7 @@ def _cmd_plan(args) -> None:
     from launch.search import epoch_budget, trials_per_cell
     from launch.spec import load_sweep
 
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep, args.set)
     tc = sweep.training_config()
     per_epoch = _seconds_per_epoch(sweep)
     print(f"sweep {sweep.name!r} ({sweep.task}, dataset {sweep.dataset.name}): optimise {sweep.metric} ({sweep.mode}), "
@@ -71,7 +71,7 @@ def _cmd_run(args) -> None:
     from launch.local import run_sweep
     from launch.spec import load_sweep
 
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep, args.set)
     if args.storage:
         sweep = sweep.model_copy(update={"storage": args.storage})
     run_sweep(sweep, runs_dir=args.runs_dir, num_cpus=args.num_cpus)
@@ -99,23 +99,30 @@ def _cmd_data(args) -> None:
         print(f"{args.name}: complete and verified in {args.root}")
 
 
+def _add_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the sweep file, e.g. --set training.epochs=2 "
+                        "--set models.*.options.width=0.25 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wconv", description="Tune the density α of weighted convolutions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run (or resume) a sweep on a Ray local cluster")
-    p.add_argument("sweep", help="sweep YAML file")
+    _add_sweep(p)
     p.add_argument("--runs-dir", default="results/runs", type=Path, help="Ray Tune experiments and checkpoints")
     p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("validate", help="check a sweep file")
-    p.add_argument("sweep")
+    _add_sweep(p)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("plan", help="cells, trials, epoch budget and rough time of a sweep")
-    p.add_argument("sweep")
+    _add_sweep(p)
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("best", help="best α per cell against the α = 1 baseline")
@@ -136,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from analysis.store import StoreError
+    from launch.search import ResourceError
     from launch.spec import SpecError
     from wconv.data import DatasetError
 
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return USER_ERROR
-    except (DatasetError, StoreError) as e:
+    except (DatasetError, StoreError, ResourceError) as e:
         print(f"wconv {args.command}: {e}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

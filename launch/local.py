@@ -15,7 +15,7 @@ from typing import Optional, TextIO
 
 from ray import tune
 
-from launch.search import alpha_of, run_cell, start_ray, trials_per_cell
+from launch.search import alpha_of, check_resources, run_cell, start_ray, trials_per_cell
 from launch.spec import Cell, Sweep
 
 TERMINAL = ("completed", "stopped", "failed")
@@ -132,17 +132,18 @@ def run_sweep(sweep: Sweep, runs_dir: Path | str = "results/runs", out: TextIO =
     from wconv import data
 
     runs_dir = Path(runs_dir)
+    data.check(sweep.dataset.name, sweep.dataset.root, **_check_options(sweep))  # fails here, not in a worker
     store = Store(sweep.storage)
-    store.record_sweep(sweep.name, task=sweep.task, metric=sweep.metric, mode=sweep.mode,
-                       spec=sweep.model_dump(mode="json"))
     cells = sweep.cells()
     todo = [c for c in cells if not cell_finished(store, sweep, c)]
     if not todo:
         print(f"sweep {sweep.name!r} is finished: {len(cells)} cell(s), {len(cells) * trials_per_cell(sweep)} "
               f"trials in {sweep.storage}; nothing to do (see `wconv best --sweep {sweep.name}`)", file=out)
         return
-    data.check(sweep.dataset.name, sweep.dataset.root)  # a missing dataset fails here, not in a worker
     start_ray(num_cpus)
+    check_resources(sweep)
+    store.record_sweep(sweep.name, task=sweep.task, metric=sweep.metric, mode=sweep.mode,
+                       spec=sweep.model_dump(mode="json"))
     started = time.time()
     for i, cell in enumerate(cells, 1):
         if cell not in todo:
@@ -154,6 +155,10 @@ def run_sweep(sweep: Sweep, runs_dir: Path | str = "results/runs", out: TextIO =
         known = run_cell(sweep, cell, runs_dir, [StoreCallback(sweep, cell, f"cell {i}/{len(cells)}", out)])
         _forget_lost_trials(store, sweep, cell, {f"{cell.id}/{t}" for t in known})
     print(f"sweep {sweep.name!r} done in {time.time() - started:.0f} s; results in {sweep.storage}", file=out)
+
+
+def _check_options(sweep: Sweep) -> dict:
+    return {"verify": sweep.dataset.options["verify"]} if "verify" in sweep.dataset.options else {}
 
 
 def _forget_lost_trials(store, sweep: Sweep, cell: Cell, known: set[str]) -> None:

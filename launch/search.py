@@ -58,6 +58,23 @@ def start_ray(num_cpus: Optional[int] = None) -> None:
              runtime_env={"env_vars": {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYTHONWARNINGS")}})
 
 
+def check_resources(sweep: Sweep) -> None:
+    """A trial asking for more than any node has would wait forever in Tune's queue."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, need in (("CPU", sweep.resources.cpus_per_trial), ("GPU", sweep.resources.gpus_per_trial)):
+        if need > have.get(key, 0):
+            field = "cpus_per_trial" if key == "CPU" else "gpus_per_trial"
+            raise ResourceError(f"resources.{field}: each trial asks for {need:g} {key}(s) but the Ray cluster has "
+                                f"{have.get(key, 0):g}; lower it (e.g. --set resources.{field}="
+                                f"{0 if key == 'GPU' else 1}) or run where the resources are")
+
+
+class ResourceError(Exception):
+    """The sweep asks for resources the Ray cluster does not have."""
+
+
 def _alpha_names(cell: Cell) -> list[str]:
     return [f"alpha_{i + 1}" for i in range(len(cell.ranges))]
 

@@ -243,8 +243,60 @@ def parse_sweep(data: Any, path: str = "<sweep>") -> Sweep:
     return sweep
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and validate a sweep file (safe YAML loader only)."""
+def apply_overrides(data: Any, overrides: list[str], path: str = "<sweep>") -> Any:
+    """Apply ``--set FIELD=VALUE`` overrides to the raw sweep mapping before validation.
+
+    FIELD is a dotted path (``training.epochs``, ``dataset.options.limit``); a list index is a
+    number and ``*`` means every element (``models.*.options.width``). VALUE is read as YAML.
+    """
+    if not overrides:
+        return data
+    problems = []
+    for item in overrides:
+        field_path, sep, text = item.partition("=")
+        if not sep or not field_path:
+            problems.append(f"--set {item!r}: expected FIELD=VALUE, e.g. training.epochs=2")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            problems.append(f"--set {field_path}: value {text!r} is not valid YAML")
+            continue
+        try:
+            _set(data, field_path.split("."), value)
+        except (KeyError, IndexError, TypeError) as e:
+            problems.append(f"--set {field_path}: cannot set it in this sweep ({e})")
+    if problems:
+        raise SpecError(path, problems)
+    return data
+
+
+def _set(node: Any, parts: list[str], value: Any) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        indices = range(len(node)) if head == "*" else [int(head)]
+        for i in indices:
+            if rest and isinstance(node[i], str):
+                node[i] = {"name": node[i]}  # a bare model name gains options
+            if rest:
+                _set(node[i], rest, value)
+            else:
+                node[i] = value
+        return
+    if not isinstance(node, dict):
+        raise TypeError(f"{head!r} is inside a {type(node).__name__}, not a mapping")
+    key: Any = int(head) if head.isdigit() and int(head) in node else head
+    if rest:
+        node.setdefault(key, {})
+        if isinstance(node[key], str) and rest:
+            node[key] = {"name": node[key]}
+        _set(node[key], rest, value)
+    else:
+        node[key] = value
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read and validate a sweep file (safe YAML loader only), after ``--set`` overrides."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -256,4 +308,4 @@ def load_sweep(path: str | Path) -> Sweep:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SpecError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from None
-    return parse_sweep(data, str(path))
+    return parse_sweep(apply_overrides(data, overrides or [], str(path)), str(path))

@@ -62,7 +62,7 @@ def test_defaults_fill_what_the_file_omits():
     assert (sweep.metric, sweep.mode) == ("val_accuracy", "max")
     cfg = sweep.training_config()
     assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.label_smoothing, cfg.epochs) == (
-        "sgd", 0.1, 0.9, 5e-4, 0.1, 200)
+        "sgd", 0.1, 0.9, 5e-5, 0.1, 200)
     denoise = parse_sweep(dict(minimal, task="denoising", dataset={"name": "natural"}, models=["tiny_denoiser"]))
     assert (denoise.metric, denoise.mode, denoise.training_config().optimizer) == ("val_psnr", "max", "adam")
 

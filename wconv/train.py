@@ -33,7 +33,8 @@ class TrainingConfig:
     """SGD momentum."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-5
+    """Sect. 4.1 says "a decay of 0.5×10⁻⁴"."""
     label_smoothing: float = 0.1
     """Cross-entropy label smoothing (classification)."""
     noise_sigma: float = 0.01
