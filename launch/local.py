@@ -132,6 +132,9 @@ def run_sweep(sweep: Sweep, runs_dir: Path | str = "results/runs", out: TextIO =
     from wconv import data
 
     runs_dir = Path(runs_dir)
+    if sweep.dataset.root is not None:  # Tune runs trials in their own working directories
+        dataset = sweep.dataset.model_copy(update={"root": str(Path(sweep.dataset.root).expanduser().resolve())})
+        sweep = sweep.model_copy(update={"dataset": dataset})
     data.check(sweep.dataset.name, sweep.dataset.root, **_check_options(sweep))  # fails here, not in a worker
     store = Store(sweep.storage)
     cells = sweep.cells()

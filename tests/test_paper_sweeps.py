@@ -49,7 +49,7 @@ def test_paper_sweep_runs_a_few_steps_on_tiny_official_files(name, tmp_path):
     PAPER[name](root)
     db = tmp_path / "wconv.db"
     overrides = [
-        f"dataset.root={root}", "dataset.options.verify=false", "dataset.options.limit=6",
+        "dataset.root=data", "dataset.options.verify=false", "dataset.options.limit=6",
         "models.*.options.width=0.125", "training.epochs=1", "training.max_steps_per_epoch=1",
         "training.batch_size=4", "search.num_samples=1", "scheduler.grace_period=1",
         "resources.cpus_per_trial=1", "resources.gpus_per_trial=0", f"storage=sqlite:///{db}",
