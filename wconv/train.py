@@ -242,22 +242,22 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
     while state["epoch"] < tc.epochs:
         epoch = state["epoch"] + 1
         model.train()
-        total, n, status, reason = 0.0, 0, None, None
+        total, n, status, reason = torch.zeros((), device=device), 0, None, None
         for step, (x, y) in enumerate(td.train.batches(tc.batch_size, order)):
             if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
                 break
             with autocast():
                 loss = task.loss(model(x).float(), y)
-            if not torch.isfinite(loss):
-                status, reason = "failed", f"non-finite training loss ({loss.item()}) at epoch {epoch}"
-                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(x)
+            total += loss.detach() * len(x)  # summed on the device: no host sync per step
             n += len(x)
         scheduler.step()
-        metrics = {"epoch": epoch, "train_loss": total / max(n, 1), "lr": scheduler.get_last_lr()[0]}
+        train_loss = total.item() / max(n, 1)
+        if not math.isfinite(train_loss):
+            status, reason = "failed", f"non-finite training loss ({train_loss}) at epoch {epoch}"
+        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
         if status is None:
             metrics.update(task.evaluate(model, td.val, tc.batch_size, autocast, "val"))
             if not math.isfinite(metrics["val_loss"]):
