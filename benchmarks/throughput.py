@@ -10,9 +10,10 @@ extrapolated to 45,000 images (the paper's epoch may also hold validation; ours 
 Targets: epochs ≥ 20× faster than Table 4 (A100), weighted/standard ≤ 1.02. The denoisers (Table 6) run the
 same way at 3×3 (α = 0.8) and 5×5 (α = (0.5, 0.9)) on 64×64 RGB patches, Adam, batch 128, epoch =
 11,520 patches (16 per DIV2K training image); the paper does not say what its DIV2K epoch holds, so the
-speed-up against Table 6 is indicative only. "loader" columns time ``train.batches`` alone on the GPU.
+speed-up against Table 6 is indicative only. "loader ex/s" times ``train.batches`` alone on the GPU;
+"loader/step" divides it by the standard step's ex/s (which includes drawing its batch).
 
-CPU part (always; ``torch.set_num_threads(--threads)``, 2 by default = this machine's cores): for each
+CPU part (always; ``torch.set_num_threads(--threads)``, 2 by default = the dev machine's cores): for each
 dataset, examples/s of iterating ``train.batches(128, generator)`` with no model, against examples/s of one
 forward + backward + SGD step of its model on a fixed batch (digits→tiny_cnn, natural→tiny_denoiser,
 cifar100→resnet56, div2k→dncnn; standard convs, ``--width`` scales them). Target: loader ≥ 10× the step.
@@ -191,8 +192,7 @@ def cpu_datasets(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str
         yield "div2k", f"real, {args.div2k_root}", data.load("div2k", root=args.div2k_root, limit=args.div2k_limit)
     else:
         root = write_div2k(tmp / "div2k", args.generated_div2k_images, 1)
-        yield ("div2k", f"generated files, same format and shapes ({args.generated_div2k_images} train PNGs, "
-               f"epoch {DIV2K_PATCHES} patches)",
+        yield ("div2k", "generated files, same format and shapes*",
                data.load("div2k", root=root, verify=False, patches_per_epoch=DIV2K_PATCHES))
 
 
@@ -216,6 +216,7 @@ def cpu_step_throughput(td: data.TaskData, model_name: str, batch_size: int, wid
 
 
 def cpu_part(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)  # here only: the GPU part keeps torch's default (its noise is drawn on the CPU)
     print(f"\n== CPU part: data loader vs training step, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, width {args.width}", flush=True)
     rows = []
@@ -225,19 +226,32 @@ def cpu_part(args: argparse.Namespace) -> None:
             sb = args.cpu_step_batch or CPU_STEP_BATCH[name]
             loader = loader_throughput(td.train, args.loader_batch, args.loader_examples, args.loader_repeats,
                                        torch.device("cpu"))
+            torch.set_num_threads(1)
+            loader_1 = loader_throughput(td.train, args.loader_batch, args.loader_examples, args.loader_repeats,
+                                         torch.device("cpu"))
+            torch.set_num_threads(args.threads)
             step = cpu_step_throughput(td, model, sb, args.width, args.cpu_steps, args.cpu_warmup)
-            rows.append((name, source, len(td.train), model, loader, sb, step))
-            print(f"  {name}: loader {loader:,.0f} ex/s, {model} step {step:,.1f} ex/s", flush=True)
+            rows.append((name, source, len(td.train), model, loader, loader_1, sb, step))
+            print(f"  {name}: loader {loader:,.0f} ex/s ({loader_1:,.0f} at 1 thread), {model} step {step:,.1f} ex/s",
+                  flush=True)
     print(f"\nloader: median of {args.loader_repeats} passes of ≥ {args.loader_examples:,} examples, batch "
-          f"{args.loader_batch}; step: median of {args.cpu_steps} steps after {args.cpu_warmup} warm-up, fixed batch")
-    header = (f"| {'dataset':<8} | {'data':<60} | {'train ex':>8} | {'model':<13} | {'loader ex/s':>11} | "
+          f"{args.loader_batch} (also at 1 thread: on a loaded machine, OpenMP fork/join of small ops with a "
+          f"descheduled 2nd thread dominates); step: median of {args.cpu_steps} steps after {args.cpu_warmup} "
+          f"warm-up, fixed batch; loader/step uses the {args.threads}-thread loader")
+    header = (f"| {'dataset':<8} | {'data':<40} | {'train ex':>8} | {'model':<13} | {'loader ex/s':>11} | "
+              f"{'1 thread':>9} | "
               f"{'step batch':>10} | {'step ex/s':>9} | {'loader/step':>11} | ≥10× |")
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
-    for name, source, n, model, loader, sb, step in rows:
+    for name, source, n, model, loader, loader_1, sb, step in rows:
         ratio = loader / step
-        print(f"| {name:<8} | {source:<60} | {n:>8,} | {model:<13} | {loader:>11,.0f} | {sb:>10} | {step:>9,.1f} | "
-              f"{ratio:>11,.0f} | {'yes' if ratio >= 10 else 'NO':<4} |")
+        print(f"| {name:<8} | {source:<40} | {n:>8,} | {model:<13} | {loader:>11,.0f} | {loader_1:>9,.0f} | "
+              f"{sb:>10} | {step:>9,.1f} | {ratio:>11,.0f} | {'yes' if ratio >= 10 else 'NO':<4} |")
+    if not args.cifar_root:
+        print("generated cifar100: official python-2 pickles, 50,000 train + 10,000 test random 32×32 RGB images")
+    if not args.div2k_root:
+        print(f"* generated div2k: {args.generated_div2k_images} train + 1 valid 2040×1356 RGB PNGs (DIV2K: 800 + 100 "
+              f"of about that size); epoch set to the real one, {DIV2K_PATCHES:,} random 64×64 patches")
 
 
 # ---------------------------------------------------------------- GPU part
@@ -271,7 +285,8 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def _gpu_twin(name: str, kernel_size: int, alpha, task: str, split, args, device) -> tuple[Callable[[], int], nn.Module]:
+def _gpu_twin(name: str, kernel_size: int, alpha, task: str, split, args,
+              device) -> tuple[Callable[[], int], nn.Module]:
     """A training step of ``name`` (standard if alpha is None) as ``run_trial`` builds it, over its own data stream."""
     torch.manual_seed(0)
     model = to_channels_last(models.build(name, kernel_size=kernel_size, alpha=alpha).to(device))
@@ -311,7 +326,8 @@ def print_gpu_table(title: str, rows: list[tuple]) -> None:
     for name, std, wtd, ratio, loader, epoch, paper in rows:
         ep_s, ep_w = epoch / std, epoch / wtd
         if paper:
-            paper_s, speedup, paper_ratio = f"{paper[0]:g}/{paper[1]:g}", f"{paper[0] / ep_s:.1f}×/{paper[1] / ep_w:.1f}×", f"{paper[1] / paper[0]:.3f}"
+            paper_s, paper_ratio = f"{paper[0]:g}/{paper[1]:g}", f"{paper[1] / paper[0]:.3f}"
+            speedup = f"{paper[0] / ep_s:.1f}×/{paper[1] / ep_w:.1f}×"
         else:
             paper_s, speedup, paper_ratio = "—", "—", "—"
         print(f"| {name:<20} | {std:>9,.0f} | {wtd:>9,.0f} | {f'{ep_s:.2f}/{ep_w:.2f}':>17} | {paper_s:>13} | "
@@ -373,9 +389,9 @@ def check_targets(rows: list[tuple], need_paper: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("all", "cpu", "gpu"), default="all")
-    parser.add_argument("--cifar-root", help="folder holding cifar-100-python (real data); default: generated / synthetic")
+    parser.add_argument("--cifar-root", help="folder holding cifar-100-python (real data); "
+                        "default: generated files (CPU) / synthetic tensors (GPU)")
     parser.add_argument("--div2k-root", help="folder holding DIV2K_train_HR and DIV2K_valid_HR (real data)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine has 2 cores)")
     g = parser.add_argument_group("GPU part")
     g.add_argument("--steps", type=int, default=20, help="timed steps per model and variant (median)")
     g.add_argument("--warmup", type=int, default=5, help="untimed steps first (cudnn autotuning, compilation)")
@@ -385,18 +401,18 @@ def main() -> None:
     g.add_argument("--denoisers", nargs="*", default=["dncnn", "nafnet", "cgnet"], help="none: skip Table 6")
     g.add_argument("--synthetic-div2k-images", type=int, default=720)
     c = parser.add_argument_group("CPU part")
+    c.add_argument("--threads", type=int, default=2, help="torch CPU threads of the CPU part")
     c.add_argument("--width", type=float, default=1.0, help="channel multiplier of the CPU models")
     c.add_argument("--cpu-steps", type=int, default=5, help="timed training steps per model (median)")
     c.add_argument("--cpu-warmup", type=int, default=2)
     c.add_argument("--cpu-step-batch", type=int, help="step batch for every dataset (default: per dataset, "
                    + ", ".join(f"{k} {v}" for k, v in CPU_STEP_BATCH.items()) + ")")
     c.add_argument("--loader-batch", type=int, default=128, help="the trainer's batch size")
-    c.add_argument("--loader-examples", type=int, default=20_000, help="examples per timed loader pass")
+    c.add_argument("--loader-examples", type=int, default=5_000, help="examples per timed loader pass")
     c.add_argument("--loader-repeats", type=int, default=3)
     c.add_argument("--generated-div2k-images", type=int, default=6, help="train PNGs written when no --div2k-root")
     c.add_argument("--div2k-limit", type=int, help="images read per split from --div2k-root (CPU memory)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)

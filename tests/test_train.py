@@ -111,3 +111,14 @@ def test_denoising_trial_scores_psnr_ssim_and_fsim_on_test(tmp_path):
     result = run_trial(config, lambda m, d: None, tmp_path)
     assert result["trial_status"] == "completed"
     assert {"val_psnr", "test_psnr", "test_ssim", "test_fsim", "test_nrmse", "test_uiq"} <= set(result["final"])
+
+
+def test_channels_last_converts_the_4d_weights_of_a_model_with_a_conv3d():
+    from wconv.models import build
+    from wconv.train import _channels_last
+
+    model = build("gac_snn", width=0.125)
+    _channels_last(model)
+    four_d = [p for p in model.parameters() if p.dim() == 4]
+    assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    assert any(p.dim() == 5 for p in model.parameters())

@@ -160,6 +160,14 @@ class _Task:
         return result
 
 
+def _channels_last(model: nn.Module) -> None:
+    """channels_last for the 4-D tensors only: ``model.to(memory_format=...)`` refuses a model with a
+    Conv3d (gac_snn's temporal gate)."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+
+
 @dataclass
 class TrialSetup:
     model: nn.Module
@@ -186,7 +194,7 @@ def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu") -> Tr
     model = models.build(config.model, kernel_size=config.kernel_size, alpha=config.alpha,
                          in_channels=td.in_channels, num_classes=td.num_classes, **config.model_options).to(device)
     if device.type == "cuda" and tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        _channels_last(model)
     groups = param_groups(model, tc.weight_decay)
     if tc.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum)
