@@ -30,10 +30,9 @@ on the CPU (``--cpu-step-batch``): a conv step's cost per example barely depends
 from __future__ import annotations
 
 import argparse
+import sys
 import os
-import pickle
 import statistics
-import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,9 @@ import torch
 import torch.nn as nn
 
 from wconv import data, models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from official_formats import write_cifar100, write_div2k  # noqa: E402  (shared with the tests)
 from wconv.conv import param_groups
 from wconv.data.split import LabelledImages, NoisyPatches
 from wconv.train import TrainingConfig
@@ -125,57 +127,6 @@ def time_interleaved(a: Callable[[], int], b: Callable[[], int], device: torch.d
 # ---------------------------------------------------------------- generated official-format files
 
 
-class _Py2Pickler(pickle._Pickler):
-    """Pickles bytes as Python 2 ``str``, as the official CIFAR files (written by Python 2) hold them."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
-
-def write_cifar100(root: Path, n_train: int = 50_000, n_test: int = 10_000) -> Path:
-    """cifar-100-python/{train,test,meta} as the official files: random pixels, labels cycling over 100 classes."""
-    rng = np.random.default_rng(0)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for name, n in (("train", n_train), ("test", n_test)):
-        fine = [i % 100 for i in range(n)]
-        with open(folder / name, "wb") as f:
-            _Py2Pickler(f, protocol=2).dump({
-                b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)],
-                b"batch_label": f"{name} batch".encode(),
-                b"fine_labels": fine, b"coarse_labels": [c // 5 for c in fine],
-                b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-            })
-    with open(folder / "meta", "wb") as f:
-        _Py2Pickler(f, protocol=2).dump({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-                                         b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]})
-    return root
-
-
-def write_div2k(root: Path, n_train: int, n_valid: int, size: tuple[int, int] = (2040, 1356)) -> Path:
-    """DIV2K_train_HR/0001.png… and DIV2K_valid_HR/0801.png… of ``size`` (width, height): smooth colour
-    fields plus noise, so PNG compression works as on photos rather than on white noise."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    w, h = size
-    for folder, n, first in (("DIV2K_train_HR", n_train, 1), ("DIV2K_valid_HR", n_valid, 801)):
-        (root / folder).mkdir(parents=True)
-        for i in range(first, first + n):
-            coarse = Image.fromarray(rng.integers(0, 256, (h // 64, w // 64, 3), dtype=np.uint8)).resize((w, h))
-            pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-8, 9, (h, w, 3), dtype=np.int16)
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / folder / f"{i:04d}.png")
-    return root
-
-
 # ---------------------------------------------------------------- CPU part
 
 
@@ -186,12 +137,13 @@ def cpu_datasets(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str
     if args.cifar_root:
         yield "cifar100", f"real, {args.cifar_root}", data.load("cifar100", root=args.cifar_root)
     else:
-        root = write_cifar100(tmp / "cifar")
+        write_cifar100(tmp / "cifar", 50_000, 10_000, classes=100)
+        root = tmp / "cifar"
         yield "cifar100", "generated files, same format and shapes", data.load("cifar100", root=root, verify=False)
     if args.div2k_root:
         yield "div2k", f"real, {args.div2k_root}", data.load("div2k", root=args.div2k_root, limit=args.div2k_limit)
     else:
-        root = write_div2k(tmp / "div2k", args.generated_div2k_images, 1)
+        root = write_div2k(tmp / "div2k", args.generated_div2k_images, 1, size=(2040, 1356), smooth=True)
         yield ("div2k", "generated files, same format and shapes*",
                data.load("div2k", root=root, verify=False, patches_per_epoch=DIV2K_PATCHES))
 

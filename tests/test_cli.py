@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from launch.cli import main
-from test_data import write_cifar100, write_div2k
+from official_formats import write_cifar100, write_div2k
 
 
 def test_data_check_names_the_missing_folder_and_the_fix(tmp_path, capsys):

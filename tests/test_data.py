@@ -4,7 +4,6 @@ the datasets bundled with scikit-learn / scikit-image (offline)."""
 from __future__ import annotations
 
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image
 from wconv.data import DATASETS, DatasetError, Split, TaskData, check, load
 from wconv.data import cifar
 from wconv.data.split import random_crops, stratified_holdout, tiles
+from official_formats import _write_py2_pickle, write_cifar100, write_div2k
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -30,57 +30,6 @@ def same(a, b) -> bool:
 
 
 # ---------------------------------------------------------------- generated official-format files
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` (as the official CIFAR files, pickled by Python 2): they load as
-    str under encoding="latin1" (torchvision) and as bytes under encoding="bytes"."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
-
-def _write_py2_pickle(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
-
-
-def write_cifar100(root: Path, n_train: int = 40, n_test: int = 10, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for name, n in (("train", n_train), ("test", n_test)):
-        fine = [int(i % 4) for i in range(n)]  # 4 classes, 10 images each in train
-        _write_py2_pickle(folder / name, {
-            b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)],
-            b"batch_label": f"{name} batch".encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [c // 2 for c in fine],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        })
-    _write_py2_pickle(folder / "meta", {
-        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
-    })
-    return folder
-
-
-def write_div2k(root: Path, n_train: int = 5, n_valid: int = 2, size=(96, 80), seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for folder, n, first in (("DIV2K_train_HR", n_train, 1), ("DIV2K_valid_HR", n_valid, 801)):
-        (root / folder).mkdir(parents=True)
-        for i in range(first, first + n):
-            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / folder / f"{i:04d}.png")
-    return root
 
 
 @pytest.fixture

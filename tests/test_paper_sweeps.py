@@ -12,7 +12,7 @@ import pytest
 from analysis.store import Store
 from launch.cli import main
 from launch.spec import load_sweep
-from test_data import write_cifar100, write_div2k
+from official_formats import write_cifar100, write_div2k
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"cifar100_3x3.yaml": write_cifar100, "div2k_3x3.yaml": write_div2k, "div2k_5x5.yaml": write_div2k}
