@@ -91,8 +91,6 @@ def main() -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1)
     p.add_argument("--no-calibrate", action="store_true", help="skip the lone in-process trial")
     p.add_argument("--progress", action="store_true", help="show run_sweep's progress lines")
-    p.add_argument("--reuse-actors", action="store_true",
-                   help="diagnostic: run Tune with reuse_actors=True (one Ray actor per slot, not per trial)")
     p.add_argument("--workdir", default=None, help="keep the sweep YAML, DB and Tune folder here (default: temp)")
     args = p.parse_args()
 
@@ -114,15 +112,10 @@ def main() -> None:
     n = args.num_samples + 1
     print(f"sweep: {n} trials (FIFO, full budget), tiny_cnn width {args.width} on digits, {args.epochs} epochs, "
           f"batch {args.batch_size}, {slots} slots ({args.cpus_per_trial:g} CPU/trial, {args.num_cpus}-CPU Ray cluster)"
-          + (", reuse_actors=True" if args.reuse_actors else ""))
+          )
     if not args.no_calibrate:
         print(f"one trial alone, in-process: {calibrate(sweep):.1f} s")
 
-    if args.reuse_actors:
-        import functools
-
-        # launch.search builds tune.TuneConfig(...) without reuse_actors; default it to True for this run.
-        tune.TuneConfig = functools.partial(tune.TuneConfig, reuse_actors=True)
     timer = TrialTimes()
     real_run_cell = local.run_cell
     # Instrumentation only: the timing callback rides along with the store's.
