@@ -23,54 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wconv import models
 from wconv.conv import convert, fuse
 
 ALPHA = {3: 0.8}
-
-
-class BasicBlock(nn.Module):
-    """CIFAR ResNet block with the parameter-free 'option A' shortcut (He et al. 2016, Sect. 4.2)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = cout - cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x if self.pad == 0 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2))
-        return F.relu(out + shortcut)
-
-
-def resnet56(num_classes: int = 10) -> nn.Module:
-    """ResNet-56 for 32×32 inputs: a 3×3 stem, 3 stages × 9 basic blocks of 16/32/64 channels."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    cin = 16
-    for stage, cout in enumerate((16, 32, 64)):
-        for block in range(9):
-            layers.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
-    return nn.Sequential(*layers)
-
-
-class DnCNN(nn.Module):
-    """17-layer DnCNN (Zhang et al. 2017): conv+ReLU, 15 × (conv+BN+ReLU), conv; predicts the noise."""
-
-    def __init__(self, channels: int = 3, features: int = 64, depth: int = 17) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU()]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features), nn.ReLU()]
-        layers.append(nn.Conv2d(features, channels, 3, padding=1, bias=False))
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.body(x)
 
 
 def _sync(device: torch.device) -> None:
@@ -141,8 +97,8 @@ def workloads(args: argparse.Namespace, device: torch.device):
     y_cls = torch.randint(0, 10, (args.resnet_batch,), generator=g).to(device)
     clean = torch.rand(args.dncnn_batch, 3, args.dncnn_size, args.dncnn_size, generator=g).to(device)
     noisy = clean + 0.1 * torch.randn(clean.shape, generator=g).to(device)
-    yield "ResNet-56", resnet56, x_cls, lambda out: F.cross_entropy(out, y_cls)
-    yield "DnCNN-17", DnCNN, noisy, lambda out: F.mse_loss(out, clean)
+    yield "ResNet-56", lambda: models.build("resnet56", num_classes=10), x_cls, lambda out: F.cross_entropy(out, y_cls)
+    yield "DnCNN-17", lambda: models.build("dncnn"), noisy, lambda out: F.mse_loss(out, clean)
 
 
 def benchmark(args: argparse.Namespace, device: torch.device, compiled: bool) -> list[tuple]:

@@ -40,8 +40,20 @@ def _cmd_plan(args) -> None:
     print(f"total: {len(sweep.cells())} cell(s), {len(sweep.cells()) * trials_per_cell(sweep)} trials, "
           f"{epoch_budget(sweep)} epochs at most (ASHA stops most trials early)"
           + (f", ≤ {_duration(total_time)} of trial time on one slot" if total_time else ""))
+    if sweep.scheduler.type == "asha":
+        print(f"ASHA compares trials at epochs {', '.join(map(str, asha_rungs(sweep)))} of {tc.epochs}; "
+              "the trials it stops there count as stopped, never as the best")
     if not per_epoch:
         print("rough time comes from earlier trials of the same model in the results database; run a short sweep first")
+
+
+def asha_rungs(sweep) -> list[int]:
+    """Epochs at which ASHA compares trials: grace_period × reduction_factor^k below the budget."""
+    rungs, t = [], float(sweep.scheduler.grace_period)
+    while t < sweep.training_config().epochs:
+        rungs.append(int(t))
+        t *= sweep.scheduler.reduction_factor
+    return rungs
 
 
 def _seconds_per_epoch(sweep) -> dict[str, float]:

@@ -143,3 +143,11 @@ def test_plan_shows_cells_trials_and_budget(capsys):
     assert "tiny_cnn-k3-s0" in out
     assert f"{trials * sweep.training_config().epochs}" in out
     assert textwrap.dedent("total:") in out
+
+
+def test_plan_names_the_asha_rungs(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_with("training.epochs", 30) | {"scheduler": {"grace_period": 2,
+                                                                              "reduction_factor": 3}}))
+    assert main(["plan", str(path)]) == 0
+    assert "ASHA compares trials at epochs 2, 6, 18 of 30" in capsys.readouterr().out
