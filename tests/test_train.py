@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from wconv.train import CHECKPOINT, TrainingConfig, TrialConfig, prepare_trial, run_trial
+from wconv.train import CHECKPOINT, TrainingConfig, TrialConfig, prepare_trial, resume_trial, run_trial
 
 torch.set_num_threads(1)
 
@@ -55,7 +55,7 @@ def test_trial_resumed_from_its_checkpoint_continues_exactly(tmp_path):
     with pytest.raises(_Killed):
         run_trial(config, kill_after_two, tmp_path / "resumed")
     resumed = []
-    run_trial(config, lambda m, d: resumed.append(m), tmp_path / "resumed")
+    resume_trial(tmp_path / "resumed", lambda m, d: resumed.append(m))  # from the checkpoint folder alone
 
     assert [m["epoch"] for m in resumed] == [3, 4]
     keys = ("train_loss", "val_loss", "val_accuracy", "lr")

@@ -87,6 +87,13 @@ class TrialConfig:
     baseline: bool = False
     """The α = 1 reference of a cell: runs its full epoch budget, never stopped early."""
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        """Inverse of ``dataclasses.asdict`` (what a checkpoint stores)."""
+        training = dict(d["training"], betas=tuple(d["training"]["betas"]))
+        alpha = None if d.get("alpha") is None else tuple(d["alpha"])
+        return cls(**dict(d, training=TrainingConfig(**training), alpha=alpha))
+
 
 CHECKPOINT = "trial.pt"
 Report = Callable[[dict, Path], None]
@@ -301,3 +308,10 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
         if status is not None:
             return result
     return state.get("result", {})
+
+
+def resume_trial(checkpoint_dir: Path | str, report: Report) -> dict:
+    """Continue a trial from its checkpoint folder alone (the checkpoint holds its ``TrialConfig``),
+    on whatever machine it restarts."""
+    saved = torch.load(Path(checkpoint_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
+    return run_trial(TrialConfig.from_dict(saved["config"]), report, checkpoint_dir)
