@@ -282,24 +282,6 @@ class Store:
         values = dict(sweep=sweep, trial_id=trial_id, epoch=int(epoch), metrics=_dumps(metrics))
         self._upsert(epochs_table, values, ["sweep", "trial_id", "epoch"], ["metrics"])
 
-    def forget_trial(self, sweep: str, trial_id: str) -> None:
-        """Delete a trial that never finished and never will (its epochs too).
-
-        Used when a killed driver had started a trial after the search's last saved state: the
-        restored search never knew it and ran a replacement, so keeping its row would leave a
-        'running' ghost. A trial in a terminal status is never deleted.
-        """
-        c = trials_table.c
-        try:
-            with self._write() as conn:
-                gone = conn.execute(trials_table.delete().where(
-                    (c.sweep == sweep) & (c.trial_id == trial_id) & (c.status.is_(None) | c.status.not_in(TERMINAL))))
-                if gone.rowcount:
-                    e = epochs_table.c
-                    conn.execute(epochs_table.delete().where((e.sweep == sweep) & (e.trial_id == trial_id)))
-        except DBAPIError as exc:
-            raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
-
     # -- reads ---------------------------------------------------------------------------------
 
     def _read(self, stmt) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Run a sweep on a Ray local cluster (a laptop, a workstation, one GPU node, or the cluster in RAY_ADDRESS).
 
 Cells run one after another; the trials of a cell run concurrently on every free slot. Running
-the same sweep again resumes it: finished cells are skipped, an interrupted cell is restored from
-Tune's experiment state and its unfinished trials from their last per-epoch checkpoint.
+the same sweep again resumes it from the results store: finished cells are skipped, an interrupted
+cell keeps its finished trials and continues its unfinished ones from their last per-epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional, TextIO
 
 from ray import tune
 
-from launch.search import alpha_of, check_resources, run_cell, start_ray, trials_per_cell
+from launch.search import alpha_of, check_resources, run_cell, start_ray, trial_key, trials_per_cell
 from launch.spec import Cell, Sweep
 
 TERMINAL = ("completed", "stopped", "failed")
@@ -29,18 +29,19 @@ def _record_fields(sweep: Sweep, cell: Cell, alpha: tuple[float, ...]) -> dict:
 
 
 def _trial_id(cell: Cell, trial) -> str:
-    return f"{cell.id}/{trial.trial_id}"
+    return f"{cell.id}/{trial_key(alpha_of(trial.config, cell))}"
 
 
 class StoreCallback(tune.Callback):
     """Tune callback, run in the driver, that writes every trial to the results store and prints progress."""
 
-    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: TextIO = sys.stdout):
+    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: TextIO = sys.stdout, finished: int = 0):
         self.sweep, self.cell, self.position, self.out = sweep, cell, position, out
+        self.finished = finished  # trials finished in earlier runs of the cell
         self.store = None
 
     def __getstate__(self):
-        # Tune pickles callbacks with the experiment; the engine and stream are reopened on restore.
+        # Tune pickles callbacks with the experiment state; the engine and stream are not picklable.
         return {k: v for k, v in self.__dict__.items() if k not in ("store", "out")}
 
     def __setstate__(self, state):
@@ -62,9 +63,9 @@ class StoreCallback(tune.Callback):
         self._record(trial, status="running", started_at=datetime.now(timezone.utc))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        epoch = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and (k.startswith(("val_", "train_")) or k in ("lr", "wall_time_s"))}
-        self._store().record_epoch(self.sweep.name, _trial_id(self.cell, trial), int(result["epoch"]), epoch)
+        trial_id = _trial_id(self.cell, trial)
+        for metrics in [*result.get("replay", []), result]:  # replay: epochs reported before a restart
+            self._store().record_epoch(self.sweep.name, trial_id, int(metrics["epoch"]), _epoch_metrics(metrics))
         if not result.get("finished"):
             self._record(trial, status="running", epochs_run=int(result["epoch"]), host=result.get("host"),
                          device=result.get("device"), wall_time_s=result.get("wall_time_s"))
@@ -90,6 +91,7 @@ class StoreCallback(tune.Callback):
         # Tune calls back before it marks ``just_done`` terminated.
         sweep = self.sweep
         done = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is just_done]
+        n_done = self.finished + len(done)
         best, best_alpha = None, None
         for t in done:
             last = t.last_result or {}
@@ -98,8 +100,13 @@ class StoreCallback(tune.Callback):
                     best is None or (value > best if sweep.mode == "max" else value < best)):
                 best, best_alpha = value, alpha_of(t.config, self.cell)
         shown = f"best {sweep.metric} {best:.4g} at α=({_fmt_alpha(best_alpha)})" if best is not None else "no best yet"
-        print(f"[{self.position} {self.cell.id}] trials {len(done)}/{trials_per_cell(sweep)} done · {shown}",
+        print(f"[{self.position} {self.cell.id}] trials {n_done}/{trials_per_cell(sweep)} done · {shown}",
               file=self.out, flush=True)
+
+
+def _epoch_metrics(result: dict) -> dict:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (k.startswith(("val_", "train_")) or k in ("lr", "wall_time_s"))}
 
 
 def _fmt_alpha(alpha) -> str:
@@ -152,11 +159,14 @@ def run_sweep(sweep: Sweep, runs_dir: Path | str = "results/runs", out: TextIO =
         if cell not in todo:
             print(f"[cell {i}/{len(cells)} {cell.id}] finished earlier, skipped", file=out, flush=True)
             continue
+        recorded = _recorded(store, sweep, cell)
+        finished = sum(t["status"] in TERMINAL for t in recorded)
         print(f"[cell {i}/{len(cells)} {cell.id}] {trials_per_cell(sweep)} trials "
-              f"({sweep.search.num_samples} sampled + α = 1 baseline), α ranges {list(cell.ranges)}", file=out,
-              flush=True)
-        known = run_cell(sweep, cell, runs_dir, [StoreCallback(sweep, cell, f"cell {i}/{len(cells)}", out)])
-        _forget_lost_trials(store, sweep, cell, {f"{cell.id}/{t}" for t in known})
+              f"({sweep.search.num_samples} sampled + α = 1 baseline), α ranges {list(cell.ranges)}"
+              + (f"; resuming: {finished} finished earlier, {len(recorded) - finished} to continue" if recorded else ""),
+              file=out, flush=True)
+        run_cell(sweep, cell, runs_dir, [StoreCallback(sweep, cell, f"cell {i}/{len(cells)}", out, finished)],
+                 recorded)
     print(f"sweep {sweep.name!r} done in {time.time() - started:.0f} s; results in {sweep.storage}", file=out)
 
 
@@ -164,13 +174,16 @@ def _check_options(sweep: Sweep) -> dict:
     return {"verify": sweep.dataset.options["verify"]} if "verify" in sweep.dataset.options else {}
 
 
-def _forget_lost_trials(store, sweep: Sweep, cell: Cell, known: set[str]) -> None:
-    """Drop rows of trials that a killed driver started after Tune's last saved state.
-
-    Tune restores the experiment from that state, so such a trial never finishes (the searcher
-    proposed a replacement); its row would otherwise stay 'running' forever.
-    """
+def _recorded(store, sweep: Sweep, cell: Cell) -> list[dict]:
+    """The cell's trials in the store, stopped ones with their per-epoch curve of the sweep's metric."""
     trials = store.trials(sweep=sweep.name)
-    for trial_id in trials[trials["cell"] == cell.id]["trial_id"]:
-        if trial_id not in known:
-            store.forget_trial(sweep.name, trial_id)
+    if trials.empty:
+        return []
+    out = []
+    for t in trials[trials["cell"] == cell.id].to_dict("records"):
+        if t["status"] == "stopped":
+            epochs = store.epochs(sweep.name, t["trial_id"])
+            t["curve"] = {int(e): m[sweep.metric] for e, m in zip(epochs["epoch"], epochs["metrics"])
+                          if sweep.metric in m}
+        out.append(t)
+    return out

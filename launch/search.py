@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,6 @@ def _quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth token written to ~/.ray
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the results store is our logger
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state saved often: resume loses little
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # A failed trial's last report has no validation metric; the searcher and scheduler handle that.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -91,28 +89,62 @@ def trial_config(sweep: Sweep, cell: Cell, alpha: tuple[float, ...]) -> TrialCon
                        dataset_options=dict(sweep.dataset.options), baseline=baseline)
 
 
-def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float) -> None:
-    """Ray Tune function trainable: one trial, resumed from Tune's checkpoint when there is one."""
+def trial_key(alpha: tuple[float, ...]) -> str:
+    """A trial's name within its cell: its α, exactly. A search never proposes one α twice, so the key
+    names the same trial in every run of the cell, and with it the trial's checkpoint folder."""
+    return "alpha=" + ",".join(repr(float(a)) for a in alpha)
+
+
+def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: str) -> None:
+    """Ray Tune function trainable: one trial, checkpointed every epoch by ``run_trial`` in its own folder.
+
+    The folder is named by the trial's α, so a trial interrupted in one run (a kill, a requeue,
+    another node of a shared filesystem) continues from its last epoch in the next. Tune's own
+    checkpoints are not used: they race with its experiment snapshots, and the next run does not
+    restore Tune's state anyway (see ``run_cell``).
+    """
     import torch
     from ray import tune
 
     torch.set_num_threads(max(1, int(cpus)))
-    work = Path(tempfile.mkdtemp(prefix="wconv-trial-"))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        checkpoint.to_directory(str(work))
+    alpha = alpha_of(config, cell)
 
     def report(metrics: dict, directory: Path) -> None:
         # ray.train.report fails inside Tune; tune.report is the function-trainable API.
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(directory)))
+        tune.report(metrics)
 
-    try:
-        run_trial(trial_config(sweep, cell, alpha_of(config, cell)), report, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    run_trial(trial_config(sweep, cell, alpha), report, Path(trials_dir) / trial_key(alpha))
 
 
-def _make_searcher(sweep: Sweep, cell: Cell):
+def _study(sweep: Sweep, cell: Cell, finished: list[dict]):
+    """An Optuna study holding the cell's finished trials, as Optuna would have recorded them.
+
+    Completed trials are COMPLETE with their final metric, trials ASHA stopped are PRUNED with
+    their per-epoch values (TPE ranks them below every completed one), failed trials are FAIL.
+    """
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=cell.id,
+                                direction="maximize" if sweep.mode == "max" else "minimize")
+    distributions = {name: FloatDistribution(low, high) for name, (low, high) in zip(_alpha_names(cell), cell.ranges)}
+    for t in finished:
+        params = dict(zip(_alpha_names(cell), t["alpha"]))
+        if not all(distributions[k]._contains(v) for k, v in params.items()):
+            continue  # the baseline, when α = 1 lies outside the searched range
+        value = (t.get("metrics") or {}).get(sweep.metric)
+        state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(t["status"], TrialState.FAIL)
+        if state == TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL
+        study.add_trial(create_trial(state=state, params=params, distributions=distributions,
+                                     value=value if state == TrialState.COMPLETE else None,
+                                     intermediate_values=t.get("curve") or {}))
+    return storage
+
+
+def _make_searcher(sweep: Sweep, cell: Cell, finished: list[dict], points: list[tuple[float, ...]]):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -128,11 +160,12 @@ def _make_searcher(sweep: Sweep, cell: Cell):
                 result = None  # stopped by the scheduler: PRUNED, not COMPLETE
             super().on_trial_complete(trial_id, result, error)
 
-    baseline = {name: BASELINE_ALPHA for name in _alpha_names(cell)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # metric and mode are given once, to TuneConfig, which passes them to searcher and scheduler.
-    return CellSearch(points_to_evaluate=[baseline],
-                      sampler=optuna.samplers.TPESampler(seed=sweep.search.seed))
+    return CellSearch(points_to_evaluate=[dict(zip(_alpha_names(cell), p)) for p in points] or None,
+                      # A resumed cell must not replay the first run's random draws (they name finished trials).
+                      sampler=optuna.samplers.TPESampler(seed=sweep.search.seed + 7919 * len(finished)),
+                      storage=_study(sweep, cell, finished), study_name=cell.id)
 
 
 def _make_scheduler(sweep: Sweep):
@@ -149,7 +182,8 @@ def _make_scheduler(sweep: Sweep):
                 return TrialScheduler.CONTINUE
             return super().on_trial_result(tune_controller, trial, result)
 
-    return BaselineASHA(time_attr="training_iteration", max_t=sweep.training_config().epochs,
+    # time_attr is the trial's own epoch: Tune's training_iteration restarts at 1 when a trial restarts.
+    return BaselineASHA(time_attr="epoch", max_t=sweep.training_config().epochs,
                         grace_period=sweep.scheduler.grace_period,
                         reduction_factor=sweep.scheduler.reduction_factor)
 
@@ -160,38 +194,44 @@ def search_space(cell: Cell) -> dict:
     return {name: tune.uniform(low, high) for name, (low, high) in zip(_alpha_names(cell), cell.ranges)}
 
 
-def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, callbacks: list) -> set[str]:
-    """Run (or resume) the search of one cell; trials report through ``callbacks`` to the store.
+def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, callbacks: list, recorded: list[dict]) -> None:
+    """Run the rest of one cell's search; trials report through ``callbacks`` to the results store.
 
-    Returns the Ray trial ids of the cell's experiment.
+    ``recorded`` are the cell's trials in the store, which is the truth about what finished: a
+    re-run (after a kill, at any moment) keeps every finished trial, tells them to a fresh
+    Optuna study, runs the unfinished ones again from their checkpoints (their α first, so they
+    keep their names) and samples only what is still missing. Tune's experiment state is not
+    restored: it is saved in the background and can lag the store by seconds, which would lose
+    or duplicate trials that started or ended in that gap.
     """
     from ray import tune
 
+    finished = [t for t in recorded if t["status"] in ("completed", "stopped", "failed")]
+    done = {tuple(t["alpha"]) for t in finished}
+    baseline = tuple(BASELINE_ALPHA for _ in cell.ranges)
+    points = [] if baseline in done else [baseline]
+    points += [a for a in dict.fromkeys(tuple(t["alpha"]) for t in recorded) if a not in done and a not in points]
+    remaining = trials_per_cell(sweep) - len(finished)
+    cell_dir = (runs_dir / sweep.name / cell.id).resolve()
+    shutil.rmtree(cell_dir / "tune", ignore_errors=True)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, sweep=sweep, cell=cell, cpus=sweep.resources.cpus_per_trial),
+        tune.with_parameters(_trainable, sweep=sweep, cell=cell, cpus=sweep.resources.cpus_per_trial,
+                             trials_dir=str(cell_dir / "trials")),
         {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial},
     )
-    experiment = (runs_dir / sweep.name / cell.id).resolve()
-    if tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=search_space(cell))
-    else:
-        shutil.rmtree(experiment, ignore_errors=True)  # killed before Tune saved any state
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(cell),
-            tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=_make_searcher(sweep, cell), scheduler=_make_scheduler(sweep),
-                                        num_samples=sweep.search.num_samples + 1,
-                                        max_concurrent_trials=sweep.search.max_concurrent,
-                                        # One worker per slot for the whole cell: a new worker per trial
-                                        # (Tune's default) idles each slot ~5 s per hand-over.
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(name=cell.id, storage_path=str((runs_dir / sweep.name).resolve()),
-                                      callbacks=callbacks, verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-        )
-    results = tuner.fit()
-    return {t.trial_id for t in results._experiment_analysis.trials}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(cell),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
+                                    search_alg=_make_searcher(sweep, cell, finished, points),
+                                    scheduler=_make_scheduler(sweep), num_samples=remaining,
+                                    max_concurrent_trials=sweep.search.max_concurrent,
+                                    # One worker per slot for the whole cell: a new worker per trial
+                                    # (Tune's default) idles each slot ~5 s per hand-over.
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str(cell_dir), callbacks=callbacks, verbose=0),
+    )
+    tuner.fit()
 
 
 def trials_per_cell(sweep: Sweep) -> int:

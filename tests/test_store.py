@@ -233,13 +233,3 @@ def test_sqlite_path_under_a_file_raises_a_store_error(tmp_path):
         Store(f"sqlite:///{tmp_path}/plain/results.db")
     assert "\n" not in str(err.value)
 
-
-def test_forget_trial_deletes_an_unfinished_trial_and_its_epochs_but_never_a_finished_one(store):
-    store.record_trial("s", "ghost", cell="c", status="running")
-    store.record_epoch("s", "ghost", 1, {"val_loss": 1.0})
-    store.record_trial("s", "done", cell="c", status="completed")
-    store.record_epoch("s", "done", 1, {"val_loss": 1.0})
-    store.forget_trial("s", "ghost")
-    store.forget_trial("s", "done")
-    assert list(store.trials(sweep="s")["trial_id"]) == ["done"]
-    assert store.epochs("s", "ghost").empty and len(store.epochs("s", "done")) == 1

@@ -122,7 +122,7 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     after = store.trials(sweep="kill").set_index("trial_id")
     assert len(after) == samples + 1 and after.index.is_unique
-    assert set(after["status"]) <= {"completed", "stopped"}
+    assert set(after["status"]) <= {"completed", "stopped"}, after[["status", "reason"]].to_string()
     assert after["baseline"].astype(bool).sum() == 1
     for trial_id, row in before.iterrows():  # finished before the kill: kept as it was
         assert after.loc[trial_id, "status"] == row["status"]

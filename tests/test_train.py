@@ -58,6 +58,8 @@ def test_trial_resumed_from_its_checkpoint_continues_exactly(tmp_path):
     resume_trial(tmp_path / "resumed", lambda m, d: resumed.append(m))  # from the checkpoint folder alone
 
     assert [m["epoch"] for m in resumed] == [3, 4]
+    assert [m["epoch"] for m in resumed[0]["replay"]] == [1, 2]  # epochs whose reports may have been lost
+    assert "replay" not in resumed[1]
     keys = ("train_loss", "val_loss", "val_accuracy", "lr")
     assert [{k: m[k] for k in keys} for m in straight[2:]] == [{k: m[k] for k in keys} for m in resumed]
     assert straight[-1]["final"] == resumed[-1]["final"]

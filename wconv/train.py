@@ -221,6 +221,7 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
     order whatever α is (the paper compares α against α = 1 from one initialisation).
     The last report carries ``finished=True``, ``trial_status`` (completed | failed), ``reason``
     and ``final``: validation metrics of the lowest-validation-loss epoch and test metrics of that model.
+    After a restart, the first report also carries ``replay``: the metrics of every earlier epoch.
     """
     tc = config.training
     device = _device()
@@ -236,6 +237,7 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tc.amp)
 
+    replay: list[dict] = []
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
              "history": [], "elapsed": 0.0}
     if ckpt_path.exists():
@@ -246,8 +248,11 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
         order.set_state(saved["order"])
         _set_rng_state(saved["rng"])
         state = saved["state"]
+        # The reports of epochs before the restart may never have reached the caller (killed between
+        # checkpoint and report): the first report after a restart replays them; recording is idempotent.
+        replay = [dict(m) for m in state["history"]]
         if "result" in state:  # finished before the restart: hand its result to the caller again
-            report(state["result"], checkpoint_dir)
+            report(dict(state["result"], replay=replay), checkpoint_dir)
             return state["result"]
     elapsed0 = state["elapsed"]
     about = {"host": socket.gethostname(),
@@ -304,7 +309,8 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "order": order.get_state(), "rng": _rng_state(),
                       "state": state, "config": asdict(config)}, ckpt_path)
-        report(result, checkpoint_dir)
+        report(dict(result, replay=replay) if replay else result, checkpoint_dir)
+        replay = []
         if status is not None:
             return result
     return state.get("result", {})
