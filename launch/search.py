@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from launch.spec import Cell, Sweep
 from wconv.train import TrialConfig, run_trial
