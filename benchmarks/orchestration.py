@@ -35,17 +35,24 @@ class TrialTimes(tune.Callback):
     def __init__(self):
         self.start, self.first, self.end, self.first_wall, self.tune_total = {}, {}, {}, {}, {}
 
+    @staticmethod
+    def key(trial) -> str:
+        """The trial's name in the store (its α), which the store's rows are matched by."""
+        from launch.search import trial_key
+
+        return trial_key(tuple(trial.config[k] for k in sorted(trial.config) if k.startswith("alpha_")))
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.start[trial.trial_id] = time.time()
+        self.start[self.key(trial)] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if trial.trial_id not in self.first:
-            self.first[trial.trial_id] = time.time()
-            self.first_wall[trial.trial_id] = result.get("wall_time_s")
+        if self.key(trial) not in self.first:
+            self.first[self.key(trial)] = time.time()
+            self.first_wall[self.key(trial)] = result.get("wall_time_s")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.end[trial.trial_id] = time.time()
-        self.tune_total[trial.trial_id] = (trial.last_result or {}).get("time_total_s")
+        self.end[self.key(trial)] = time.time()
+        self.tune_total[self.key(trial)] = (trial.last_result or {}).get("time_total_s")
 
 
 def sweep_spec(args, storage: str) -> dict:
@@ -119,7 +126,8 @@ def main() -> None:
     timer = TrialTimes()
     real_run_cell = local.run_cell
     # Instrumentation only: the timing callback rides along with the store's.
-    local.run_cell = lambda sweep, cell, runs_dir, callbacks: real_run_cell(sweep, cell, runs_dir, [*callbacks, timer])
+    local.run_cell = lambda sweep, cell, runs_dir, callbacks, recorded: real_run_cell(
+        sweep, cell, runs_dir, [*callbacks, timer], recorded)
     t0 = time.time()
     start_ray(args.num_cpus)
     ray_start = time.time() - t0
@@ -143,7 +151,7 @@ def main() -> None:
         # Actor start-up and imports before run_trial: first result's arrival minus its in-trial time.
         startup = first - (timer.first_wall.get(tid) or 0.0) - start if start and first else float("nan")
         span = end - start if start and end else float("nan")
-        rows.append(dict(trial=tid, alpha=row["alpha"][0], status=row["status"], epochs=row["epochs_run"],
+        rows.append(dict(trial=tid.removeprefix("alpha=")[:10], alpha=row["alpha"][0], status=row["status"], epochs=row["epochs_run"],
                          run=run, tune=timer.tune_total.get(tid) or float("nan"), startup=startup,
                          end=span - startup - run, span=span, start=start - t1 if start else float("nan")))
     rows.sort(key=lambda r: r["start"])
