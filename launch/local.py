@@ -15,10 +15,9 @@ from typing import Optional, TextIO
 
 from ray import tune
 
+from analysis.store import TERMINAL
 from launch.search import alpha_of, check_resources, run_cell, start_ray, trial_key, trials_per_cell
 from launch.spec import Cell, Sweep
-
-TERMINAL = ("completed", "stopped", "failed")
 
 
 def _record_fields(sweep: Sweep, cell: Cell, alpha: tuple[float, ...]) -> dict:

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from analysis.store import TERMINAL
 from launch.spec import Cell, Sweep
 from wconv.train import TrialConfig, run_trial
 
@@ -204,7 +205,7 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, callbacks: list, recorded
     """
     from ray import tune
 
-    finished = [t for t in recorded if t["status"] in ("completed", "stopped", "failed")]
+    finished = [t for t in recorded if t["status"] in TERMINAL]
     done = {tuple(t["alpha"]) for t in finished}
     baseline = tuple(BASELINE_ALPHA for _ in cell.ranges)
     points = [] if baseline in done else [baseline]
