@@ -11,6 +11,13 @@ Storage:
   that only works when all processes are on one host. On a cluster use PostgreSQL, e.g.
   ``postgresql+psycopg://user:password@dbhost/wconv``.
 
+Leases: the process that runs a cell holds a lease on it (``take_lease``), refreshed by a heartbeat;
+a second runner of the same cell is refused, and a lease whose owner is gone is taken over together
+with the trials it left running (see ``launch/lease.py`` for who counts as gone).
+
+Schema versions: a database records the version that wrote it. An older one is upgraded in place
+(columns and tables added); one written by a newer wconv is refused.
+
 Create one ``Store`` per process (an engine must not cross a fork).
 """
 
@@ -21,7 +28,8 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 from sqlalchemy import (
@@ -35,8 +43,14 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    and_,
+    delete,
     event,
+    inspect,
+    or_,
     select,
+    text,
+    update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -45,8 +59,18 @@ DEFAULT_URL = "sqlite:///results/wconv.db"
 
 STATUSES = ("running", "completed", "stopped", "failed")
 TERMINAL = ("completed", "stopped", "failed")
+STAGES = ("search", "confirm")
+SCHEMA_VERSION = 2
+"""1: sweeps, trials, epochs. 2: meta, leases, jobs; trials.stage/arm/checkpoint/owner; sweeps.spec_hash."""
 
 metadata = MetaData()
+
+meta_table = Table(
+    "meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text),
+)
 
 sweeps_table = Table(
     "sweeps",
@@ -56,6 +80,7 @@ sweeps_table = Table(
     Column("metric", String(100)),
     Column("mode", String(3)),
     Column("spec", Text),  # JSON
+    Column("spec_hash", String(64)),
     Column("created_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True)),
 )
@@ -81,6 +106,10 @@ trials_table = Table(
     Column("wall_time_s", Float),
     Column("host", String(200)),
     Column("device", String(200)),
+    Column("stage", String(16), default="search"),
+    Column("arm", String(32)),  # confirmation: alpha | baseline | init-scale
+    Column("checkpoint", Text),  # the trial's checkpoint folder
+    Column("owner", String(300)),  # the lease owner running it (see leases)
     Column("started_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True)),
 )
@@ -94,7 +123,35 @@ epochs_table = Table(
     Column("metrics", Text),  # JSON
 )
 
-_JSON_COLUMNS = {"spec", "alpha", "metrics", "metric_settings"}
+leases_table = Table(
+    "leases",
+    metadata,
+    Column("sweep", String(200), primary_key=True),
+    Column("cell", String(200), primary_key=True),
+    Column("worker", Integer, primary_key=True),
+    Column("owner", String(300)),
+    Column("host", String(200)),
+    Column("pid", Integer),
+    Column("process_started", Float),  # the owner process's start time: a reused pid is not the owner
+    Column("slurm_job", String(100)),
+    Column("taken_at", DateTime(timezone=True)),
+    Column("heartbeat_at", DateTime(timezone=True)),
+)
+
+jobs_table = Table(
+    "jobs",
+    metadata,
+    Column("sweep", String(200), primary_key=True),
+    Column("job_id", String(100), primary_key=True),
+    Column("kind", String(32)),  # sweep | confirm
+    Column("cluster", Text),  # the profile, JSON
+    Column("tasks", Text),  # JSON: array task index -> {cell, worker}
+    Column("state", String(32)),  # submitted | cancelled
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True)),
+)
+
+_JSON_COLUMNS = {"spec", "alpha", "metrics", "metric_settings", "cluster", "tasks"}
 _TRIAL_FIELDS = tuple(c.name for c in trials_table.columns if c.name not in ("sweep", "trial_id"))
 _BUSY_TIMEOUT_MS = 60_000
 
@@ -138,11 +195,20 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-class Store:
-    """Sweeps, trials and epochs in one database; see the module docstring for which URL to use."""
+class NoResults(StoreError):
+    """A read-only look at a database that does not exist yet."""
 
-    def __init__(self, url: str = DEFAULT_URL):
+
+class Store:
+    """Sweeps, trials and epochs in one database; see the module docstring for which URL to use.
+
+    ``create=False`` opens an existing database for reading only: it creates no file, table or
+    column, and refuses a missing database (``NoResults``), an empty file or one that wconv did not write.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, create: bool = True):
         self.url = url
+        self.create = create
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -159,15 +225,7 @@ class Store:
             )
         connect_args: dict[str, Any] = {}
         if backend == "sqlite":
-            database = parsed.database or ""
-            if database not in ("", ":memory:") and not database.startswith("file:"):
-                try:
-                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise StoreError(
-                        f"results store {self._masked!r}: cannot create its directory ({exc.strerror}); "
-                        "choose a writable path"
-                    ) from None
+            self._check_sqlite_file(parsed.database or "")
         elif "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = 10  # an unreachable host should fail in seconds, not minutes
         try:
@@ -178,8 +236,30 @@ class Store:
                 "install it, or for PostgreSQL use postgresql+psycopg:// (psycopg 3)"
             ) from None
         if backend == "sqlite":
-            _configure_sqlite(self.engine)
-        self._create_tables()
+            _configure_sqlite(self.engine, wal=create)
+        self._open()
+
+    def _check_sqlite_file(self, database: str) -> None:
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return
+        path = Path(database).expanduser()
+        if not self.create:
+            if not path.exists():
+                raise NoResults(f"no results yet at {self._masked!r} (no such file); run a sweep first, "
+                                "or point --storage at the database it wrote")
+            if path.is_dir():
+                raise StoreError(f"results store {self._masked!r} is a directory; point --storage at a database file")
+            if path.stat().st_size == 0:
+                raise StoreError(f"results store {self._masked!r} is an empty file, not a wconv results database; "
+                                 "point --storage at the database a sweep wrote")
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"results store {self._masked!r}: cannot create its directory ({exc.strerror}); "
+                "choose a writable path"
+            ) from None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -195,21 +275,49 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self._masked!r})"
 
-    def _create_tables(self) -> None:
+    def _open(self) -> None:
+        """Connect, check the schema version, and (when writing) create or upgrade the tables."""
         try:
-            with self.engine.connect():
-                pass
+            with self.engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
         except DBAPIError as exc:
             raise StoreError(
                 f"cannot open results store {self._masked!r}: {_first_line(exc)}; "
                 "check the path or that the server is running and the host, port, user and password are right"
             ) from None
+        if tables and not {"sweeps", "trials", "epochs"} <= tables:
+            raise StoreError(f"results store {self._masked!r} is not a wconv results database (it has tables "
+                             f"{sorted(tables)[:5]}); point --storage at a database wconv wrote")
+        if not tables and not self.create:
+            raise NoResults(f"no results yet at {self._masked!r} (no wconv tables); run a sweep first")
+        version = self._version() if tables else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"results store {self._masked!r} was written by a newer wconv (schema {version}, this "
+                             f"wconv reads ≤ {SCHEMA_VERSION}); upgrade wconv to read it")
+        if self.create:
+            self._create_tables()
+        with self.engine.connect() as conn:
+            insp = inspect(conn)
+            self._columns = {name: {c["name"] for c in insp.get_columns(name)}
+                             for name in insp.get_table_names() if name in metadata.tables}
+
+    def _version(self) -> int:
+        with self.engine.connect() as conn:
+            if "meta" not in inspect(conn).get_table_names():
+                return 1
+            value = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+        return int(value) if value is not None else 1
+
+    def _create_tables(self) -> None:
         # Workers that start together race to create the tables: on PostgreSQL the loser of a
         # concurrent CREATE TABLE fails (duplicate pg_type row), so try again; by then they exist.
         for attempt in range(5):
             try:
                 with self._write() as conn:
                     metadata.create_all(conn)
+                    _add_missing_columns(conn)
+                    self._upsert_in(conn, meta_table, {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                                    ["key"], ["value"])
                 return
             except DBAPIError as exc:
                 if attempt == 4:
@@ -225,7 +333,9 @@ class Store:
         """A transaction that takes SQLite's write lock up front (``BEGIN IMMEDIATE``); see ``_configure_sqlite``."""
         return _WriteTransaction(self.engine)
 
-    def _upsert(self, table: Table, values: dict, keys: Iterable[str], update: Iterable[str], where=None) -> None:
+    def _upsert_in(self, conn, table: Table, values: dict, keys: Iterable[str], update: Iterable[str],
+                   where=None) -> bool:
+        """Insert or update one row inside ``conn``'s transaction; False when ``where`` kept the old row."""
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
@@ -234,33 +344,57 @@ class Store:
         stmt = stmt.on_conflict_do_update(
             index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}, where=where
         )
+        return conn.execute(stmt).rowcount > 0
+
+    def _upsert(self, table: Table, values: dict, keys: Iterable[str], update: Iterable[str], where=None) -> bool:
+        self._require_write()
         try:
             with self._write() as conn:
-                conn.execute(stmt)
+                return self._upsert_in(conn, table, values, keys, update, where)
         except DBAPIError as exc:
             raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
 
-    def record_sweep(self, name: str, *, task: str, metric: str, mode: str, spec: dict) -> None:
+    def _require_write(self) -> None:
+        if not self.create:
+            raise RuntimeError("this Store was opened read-only (create=False)")
+
+    def record_sweep(self, name: str, *, task: str, metric: str, mode: str, spec: dict,
+                     spec_hash: str | None = None) -> None:
         """Create or update the sweep ``name``; ``created_at`` keeps its first value."""
         if mode not in ("min", "max"):
             raise ValueError(f"sweep {name!r}: mode must be 'min' or 'max', got {mode!r}")
         now = _now()
-        values = dict(name=name, task=task, metric=metric, mode=mode, spec=_dumps(spec), created_at=now, updated_at=now)
-        self._upsert(sweeps_table, values, ["name"], ["task", "metric", "mode", "spec", "updated_at"])
+        values = dict(name=name, task=task, metric=metric, mode=mode, spec=_dumps(spec), spec_hash=spec_hash,
+                      created_at=now, updated_at=now)
+        self._upsert(sweeps_table, values, ["name"], ["task", "metric", "mode", "spec", "spec_hash", "updated_at"])
 
-    def record_trial(self, sweep: str, trial_id: str, *, reopen: bool = False, **fields: Any) -> None:
+    def record_trial(self, sweep: str, trial_id: str, *, reopen: bool = False, owner: str | None = None,
+                     **fields: Any) -> bool:
         """Create or update one trial with the given fields only (partial updates are fine).
 
         ``alpha`` (a number or a sequence) also fills ``alpha_1``/``alpha_2``; dict and list fields
         are stored as JSON. A ``status="running"`` write for a trial that already reached a terminal
         status (completed, stopped, failed) is ignored as a whole: it is a late or retried message.
         Pass ``reopen=True`` when a finished trial really runs again (e.g. resumed after a failure).
+        With ``owner``, the write is fenced: it changes a trial only while ``owner`` holds it (a runner
+        that lost its lease cannot overwrite its successor). Returns False when the write was ignored.
         """
+        self._require_write()
+        try:
+            with self._write() as conn:
+                return self._record_trial_in(conn, sweep, trial_id, reopen=reopen, owner=owner, **fields)
+        except DBAPIError as exc:
+            raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
+
+    def _record_trial_in(self, conn, sweep: str, trial_id: str, *, reopen: bool = False, owner: str | None = None,
+                         **fields: Any) -> bool:
         unknown = sorted(set(fields) - set(_TRIAL_FIELDS))
         if unknown:
             raise TypeError(f"unknown trial field(s) {unknown}; known: {', '.join(_TRIAL_FIELDS)}")
         if "status" in fields and fields["status"] not in STATUSES:
             raise ValueError(f"trial {sweep}/{trial_id}: status must be one of {STATUSES}, got {fields['status']!r}")
+        if "stage" in fields and fields["stage"] not in STAGES:
+            raise ValueError(f"trial {sweep}/{trial_id}: stage must be one of {STAGES}, got {fields['stage']!r}")
         values = {name: _coerce(trials_table.c[name], value) for name, value in fields.items()}
         if "alpha" in fields:
             alpha = _alpha_list(fields["alpha"])
@@ -271,18 +405,123 @@ class Store:
         update = [*values, "updated_at"]
         values.update(sweep=sweep, trial_id=trial_id, updated_at=_now())
         values.setdefault("started_at", values["updated_at"])  # on insert only: not in `update`
-        where = None
+        values.setdefault("stage", "search")
+        c = trials_table.c
+        conditions = []
         if values.get("status") == "running" and not reopen:
-            c = trials_table.c
-            where = c.status.is_(None) | c.status.not_in(TERMINAL)
-        self._upsert(trials_table, values, ["sweep", "trial_id"], update, where=where)
+            conditions.append(c.status.is_(None) | c.status.not_in(TERMINAL))
+        if owner is not None:
+            values.setdefault("owner", owner)
+            conditions.append(c.owner.is_(None) | (c.owner == owner))
+        where = and_(*conditions) if conditions else None
+        return self._upsert_in(conn, trials_table, values, ["sweep", "trial_id"], update, where=where)
 
     def record_epoch(self, sweep: str, trial_id: str, epoch: int, metrics: dict) -> None:
         """Create or replace the metrics of one epoch of one trial."""
         values = dict(sweep=sweep, trial_id=trial_id, epoch=int(epoch), metrics=_dumps(metrics))
         self._upsert(epochs_table, values, ["sweep", "trial_id", "epoch"], ["metrics"])
 
+    def record_epochs(self, sweep: str, trial_id: str, epochs: dict[int, dict]) -> None:
+        """Several epochs of one trial in one transaction (a replay after a restart)."""
+        self._require_write()
+        try:
+            with self._write() as conn:
+                for epoch, metrics in epochs.items():
+                    values = dict(sweep=sweep, trial_id=trial_id, epoch=int(epoch), metrics=_dumps(metrics))
+                    self._upsert_in(conn, epochs_table, values, ["sweep", "trial_id", "epoch"], ["metrics"])
+        except DBAPIError as exc:
+            raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
+
+    def delete_trials(self, sweep: str, trial_ids: Iterable[str]) -> None:
+        """Remove trials and their epochs (a confirmation arm that is re-planned, a test's clean-up)."""
+        self._require_write()
+        ids = list(trial_ids)
+        with self._write() as conn:
+            conn.execute(delete(epochs_table).where(epochs_table.c.sweep == sweep, epochs_table.c.trial_id.in_(ids)))
+            conn.execute(delete(trials_table).where(trials_table.c.sweep == sweep, trials_table.c.trial_id.in_(ids)))
+
+    # -- cells: one transaction for "what is there, and what do I take" -------------------------
+
+    @contextmanager
+    def locked(self, sweep: str) -> Iterator["LockedSweep"]:
+        """One write transaction during which no other process claims trials of ``sweep``.
+
+        SQLite: ``BEGIN IMMEDIATE`` holds the database's write lock. PostgreSQL: the sweep's row is
+        locked ``FOR UPDATE`` (the sweep is recorded before any trial is claimed).
+        """
+        self._require_write()
+        try:
+            with self._write() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(select(sweeps_table.c.name).where(sweeps_table.c.name == sweep).with_for_update())
+                yield LockedSweep(self, conn, sweep)
+        except DBAPIError as exc:
+            raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def take_lease(self, sweep: str, cell: str, worker: int, holder: dict, *, gone: Callable[[dict], bool]) -> dict | None:
+        """Take the lease on ``(sweep, cell, worker)`` for ``holder`` (owner, host, pid, process_started,
+        slurm_job). Returns None when taken (free, already ours, or its owner is ``gone``), else the
+        lease row of the live owner. A lease taken over hands its owner's unfinished trials of the cell
+        to the new owner, in the same transaction.
+        """
+        with self.locked(sweep) as tx:
+            return tx.take_lease(cell, worker, holder, gone=gone)
+
+    def heartbeat(self, sweep: str, owner: str) -> int:
+        """Refresh every lease ``owner`` holds in ``sweep``; returns how many it still holds."""
+        self._require_write()
+        with self._write() as conn:
+            c = leases_table.c
+            return conn.execute(update(leases_table).where(c.sweep == sweep, c.owner == owner)
+                                .values(heartbeat_at=_now())).rowcount
+
+    def release_lease(self, sweep: str, cell: str, owner: str) -> None:
+        """Give up ``owner``'s leases on ``cell`` (done, or interrupted): the next runner takes over at once."""
+        self._require_write()
+        with self._write() as conn:
+            c = leases_table.c
+            conn.execute(delete(leases_table).where(c.sweep == sweep, c.cell == cell, c.owner == owner))
+
+    def leases(self, sweep: str | None = None) -> pd.DataFrame:
+        stmt = select(*self._present(leases_table)).order_by(leases_table.c.sweep, leases_table.c.cell,
+                                                              leases_table.c.worker)
+        if sweep is not None:
+            stmt = stmt.where(leases_table.c.sweep == sweep)
+        return _parse(self._read(stmt))
+
+    # -- SLURM jobs ----------------------------------------------------------------------------
+
+    def record_job(self, sweep: str, job_id: str, *, kind: str, cluster: dict, tasks: list, state: str = "submitted") -> None:
+        now = _now()
+        values = dict(sweep=sweep, job_id=str(job_id), kind=kind, cluster=_dumps(cluster), tasks=_dumps(tasks),
+                      state=state, submitted_at=now, updated_at=now)
+        self._upsert(jobs_table, values, ["sweep", "job_id"], ["kind", "cluster", "tasks", "state", "updated_at"])
+
+    def set_job_state(self, sweep: str, job_id: str, state: str) -> None:
+        self._require_write()
+        with self._write() as conn:
+            c = jobs_table.c
+            conn.execute(update(jobs_table).where(c.sweep == sweep, c.job_id == str(job_id))
+                         .values(state=state, updated_at=_now()))
+
+    def jobs(self, sweep: str | None = None) -> pd.DataFrame:
+        if "jobs" not in self._columns:
+            return pd.DataFrame(columns=[c.name for c in jobs_table.columns])
+        stmt = select(jobs_table).order_by(jobs_table.c.submitted_at)
+        if sweep is not None:
+            stmt = stmt.where(jobs_table.c.sweep == sweep)
+        return _parse(self._read(stmt))
+
     # -- reads ---------------------------------------------------------------------------------
+
+    def _present(self, table: Table) -> list:
+        """The table's columns that this database has (an older schema opened read-only lacks some)."""
+        have = self._columns.get(table.name)
+        if have is None:
+            return list(table.columns)
+        return [c if c.name in have else _null(c) for c in table.columns]
 
     def _read(self, stmt) -> pd.DataFrame:
         try:
@@ -299,7 +538,7 @@ class Store:
 
     def sweeps(self, *, name: str | None = None) -> pd.DataFrame:
         """All sweeps (or one), ``spec`` parsed back into a dict."""
-        stmt = select(sweeps_table).order_by(sweeps_table.c.name)
+        stmt = select(*self._present(sweeps_table)).order_by(sweeps_table.c.name)
         if name is not None:
             stmt = stmt.where(sweeps_table.c.name == name)
         return _parse(self._read(stmt))
@@ -307,7 +546,7 @@ class Store:
     def trial(self, sweep: str, trial_id: str) -> dict | None:
         """One trial as a dict, or None if it was never recorded."""
         c = trials_table.c
-        df = _parse(self._read(select(trials_table).where(c.sweep == sweep, c.trial_id == trial_id)))
+        df = _parse(self._read(select(*self._present(trials_table)).where(c.sweep == sweep, c.trial_id == trial_id)))
         return None if df.empty else df.iloc[0].to_dict()
 
     def trials(
@@ -316,10 +555,14 @@ class Store:
         model: str | None = None,
         kernel: int | None = None,
         status: str | Iterable[str] | None = None,
+        *,
+        cell: str | None = None,
+        stage: str | None = None,
     ) -> pd.DataFrame:
         """Trials matching every given filter, ``alpha`` as a list and the JSON fields as dicts."""
         c = trials_table.c
-        stmt = select(trials_table).order_by(c.sweep, c.model, c.kernel_size, c.seed, c.cell, c.trial_id)
+        stmt = select(*self._present(trials_table)).order_by(c.sweep, c.model, c.kernel_size, c.seed, c.cell,
+                                                              c.trial_id)
         if sweep is not None:
             stmt = stmt.where(c.sweep == sweep)
         if model is not None:
@@ -328,6 +571,12 @@ class Store:
             stmt = stmt.where(c.kernel_size == int(kernel))
         if status is not None:
             stmt = stmt.where(c.status.in_([status] if isinstance(status, str) else list(status)))
+        if cell is not None:
+            stmt = stmt.where(c.cell == cell)
+        if stage is not None and "stage" in self._columns.get("trials", ()):
+            stmt = stmt.where(c.stage == stage)
+        elif stage not in (None, "search"):
+            return _parse(self._read(stmt.where(False)))  # a schema-1 database has search trials only
         return _parse(self._read(stmt))
 
     def epochs(self, sweep: str, trial_id: str | None = None) -> pd.DataFrame:
@@ -337,6 +586,69 @@ class Store:
         if trial_id is not None:
             stmt = stmt.where(c.trial_id == trial_id)
         return _parse(self._read(stmt))
+
+
+class LockedSweep:
+    """What a runner sees and changes of one sweep inside ``Store.locked``: trials and leases."""
+
+    def __init__(self, store: Store, conn, sweep: str):
+        self.store, self.conn, self.sweep = store, conn, sweep
+
+    def trials(self, cell: str) -> list[dict]:
+        c = trials_table.c
+        result = self.conn.execute(select(trials_table).where(c.sweep == self.sweep, c.cell == cell))
+        return _parse(pd.DataFrame(result.fetchall(), columns=list(result.keys()))).to_dict("records")
+
+    def record_trial(self, trial_id: str, **fields: Any) -> bool:
+        return self.store._record_trial_in(self.conn, self.sweep, trial_id, **fields)
+
+    def leases(self, cell: str) -> list[dict]:
+        c = leases_table.c
+        result = self.conn.execute(select(leases_table).where(c.sweep == self.sweep, c.cell == cell))
+        return _parse(pd.DataFrame(result.fetchall(), columns=list(result.keys()))).to_dict("records")
+
+    def take_lease(self, cell: str, worker: int, holder: dict, *, gone: Callable[[dict], bool]) -> dict | None:
+        current = next((row for row in self.leases(cell) if row["worker"] == worker), None)
+        if current is not None and current["owner"] != holder["owner"] and not gone(current):
+            return current
+        now = _now()
+        values = dict(holder, sweep=self.sweep, cell=cell, worker=worker, taken_at=now, heartbeat_at=now)
+        self.store._upsert_in(self.conn, leases_table, values, ["sweep", "cell", "worker"],
+                              [k for k in values if k not in ("sweep", "cell", "worker")])
+        if current is not None and current["owner"] != holder["owner"]:
+            self.hand_over(cell, current["owner"], holder["owner"])
+        return None
+
+    def hand_over(self, cell: str, old: str, new: str) -> None:
+        """The unfinished trials ``old`` left in ``cell`` now belong to ``new``."""
+        c = trials_table.c
+        self.conn.execute(update(trials_table).where(c.sweep == self.sweep, c.cell == cell, c.owner == old,
+                                                     c.status.not_in(TERMINAL)).values(owner=new))
+
+    def drop_lease(self, cell: str, owner: str) -> None:
+        c = leases_table.c
+        self.conn.execute(delete(leases_table).where(c.sweep == self.sweep, c.cell == cell, c.owner == owner))
+
+
+def _null(column: Column):
+    from sqlalchemy import cast, null
+
+    return cast(null(), column.type).label(column.name)
+
+
+def _add_missing_columns(conn) -> None:
+    """Upgrade an older schema in place: add the columns this version's tables have and the database lacks."""
+    insp = inspect(conn)
+    preparer = conn.dialect.identifier_preparer
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN "
+                                     f"{preparer.quote(column.name)} {kind}")
+        if table.name == "trials" and "stage" not in have:
+            conn.execute(update(trials_table).values(stage="search"))
 
 
 class _WriteTransaction:
@@ -358,8 +670,8 @@ class _WriteTransaction:
             self._conn.close()
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL + busy timeout, and BEGIN IMMEDIATE for writes.
+def _configure_sqlite(engine: Engine, wal: bool = True) -> None:
+    """WAL + busy timeout, and BEGIN IMMEDIATE for writes (a read-only store leaves the journal mode alone).
 
     pysqlite starts a *deferred* transaction; when such a transaction upgrades to a write while
     another process writes, SQLite may answer "database is locked" at once, without waiting for
@@ -371,8 +683,9 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see "begin" below)
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # before journal_mode, which may wait
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -412,11 +725,11 @@ def _parse(df: pd.DataFrame) -> pd.DataFrame:
     """JSON text back to lists/dicts, timestamps to UTC, integer columns to nullable integers."""
     for name in _JSON_COLUMNS & set(df.columns):
         df[name] = df[name].map(_loads).astype(object)
-    for name in ("created_at", "updated_at", "started_at"):
+    for name in ("created_at", "updated_at", "started_at", "taken_at", "heartbeat_at", "submitted_at"):
         if name in df.columns:
             # SQLite hands back naive datetimes; they were written in UTC.
             df[name] = pd.to_datetime(df[name], utc=True)
-    for name in ("kernel_size", "seed", "epochs_run", "epoch"):
+    for name in ("kernel_size", "seed", "epochs_run", "epoch", "worker", "pid"):
         if name in df.columns:
             df[name] = df[name].astype("Int64")
     for name in ("alpha_1", "alpha_2", "wall_time_s"):
