@@ -505,6 +505,74 @@ def test_convert_rejects_bad_alpha_before_touching_the_model(alpha, message):
     assert all(type(m) is nn.Conv2d for m in model)
 
 
+class Conv3x3(nn.Conv2d):
+    """A subclass that only configures torch's conv, like torchvision's ``Conv3DSimple``."""
+
+    def __init__(self, planes):
+        super().__init__(planes, planes, 3, padding=1, bias=False)
+
+
+class OwnForward(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class OwnConvForward(nn.Conv2d):
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(x, weight.abs(), bias)
+
+
+def test_convert_weights_a_subclass_that_keeps_torchs_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv3x3(2), nn.ReLU())
+    weight = model[0].weight
+    x = torch.randn(1, 2, 6, 6)
+    expected = F.conv2d(x, weight * expected_density([profile((0.6,))] * 2).float(), None, padding=1).relu()
+    convert(model, 0.6)
+    assert type(model[0]) is WeightedConv2d and model[0].weight is weight
+    torch.testing.assert_close(model(x), expected)
+
+
+def _parametrized():
+    conv = nn.Conv2d(2, 2, 3)
+    return torch.nn.utils.parametrizations.weight_norm(conv)
+
+
+@pytest.mark.parametrize("make", [lambda: OwnForward(2, 2, 3), lambda: OwnConvForward(2, 2, 3), _parametrized,
+                                  lambda: nn.LazyConv2d(2, 3)],
+                         ids=["own forward", "own _conv_forward", "parametrized weight", "lazy"])
+def test_convert_leaves_a_conv_with_its_own_computation_alone(make):
+    conv = make()
+    model = convert(nn.Sequential(conv), 0.6)
+    assert model[0] is conv and not isinstance(conv, WeightedConv2d)
+
+
+def test_convert_weights_torchvision_r3d_18_conv3d_simple_layers():
+    from torchvision.models.video import r3d_18
+    from torchvision.models.video.resnet import Conv3DSimple
+
+    torch.manual_seed(0)
+    model = r3d_18(weights=None).eval()
+    original = copy.deepcopy(model)
+    params = dict(model.named_parameters())
+    simple = [n for n, m in model.named_modules() if type(m) is Conv3DSimple]
+    others = {n: m.kernel_size for n, m in model.named_modules() if type(m) is nn.Conv3d}
+    assert len(simple) == 16 and set(others.values()) == {(3, 7, 7), (1, 1, 1)}
+
+    convert(model, 0.7)
+    assert [n for n, m in model.named_modules() if type(m) is WeightedConv3d] == simple
+    assert all(type(model.get_submodule(n)) is nn.Conv3d for n in others)
+    assert dict(model.named_parameters()).keys() == params.keys()
+    assert all(p is params[n] for n, p in model.named_parameters())
+    phi = expected_density([profile((0.7,))] * 3).float()
+    assert all(torch.equal(model.get_submodule(n).density, phi) for n in simple)
+
+    x = torch.randn(1, 3, 2, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), original(x))
+        assert torch.equal(convert(copy.deepcopy(original), 1.0)(x), original(x))
+
+
 # --- dtype, device, memory format, autocast, compile ------------------------------------------------------------
 
 
@@ -521,6 +589,37 @@ def test_density_is_a_non_persistent_buffer_following_dtype_and_device():
 def test_float64_conv_gets_a_float64_density():
     m = WeightedConv2d(2, 2, 5, alpha=(0.1, 0.7), dtype=torch.float64)
     assert torch.equal(m.density, expected_density([profile((0.1, 0.7))] * 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("learnable_neighbour", [False, True])
+def test_changing_dtype_recomputes_density_as_if_built_in_that_dtype(dtype, learnable_neighbour):
+    alpha = (0.1, 0.7)
+    built = WeightedConv2d(2, 2, 5, alpha=alpha, dtype=dtype)
+    model = nn.Sequential(WeightedConv2d(2, 2, 5, alpha=alpha), WeightedConv2d(2, 2, 3, alpha=0.9,
+                                                                             learnable=learnable_neighbour))
+    converted = model.to(dtype)[0]
+    assert converted.density.dtype == dtype
+    assert torch.equal(converted.density, built.density)
+    assert torch.equal(converted.density, expected_density([profile(alpha)] * 2).to(dtype))
+    assert torch.equal(converted.float().density, WeightedConv2d(2, 2, 5, alpha=alpha).density)
+
+
+def test_float32_density_cast_up_is_not_the_float64_density():
+    """Why the density is recomputed: the float32 values cast to float64 keep float32's rounding."""
+    alpha = (0.1, 0.7)
+    cast = WeightedConv2d(2, 2, 5, alpha=alpha).density.double()
+    assert not torch.equal(cast, expected_density([profile(alpha)] * 2))
+    assert torch.equal(WeightedConv2d(2, 2, 5, alpha=alpha).double().density, expected_density([profile(alpha)] * 2))
+
+
+def test_double_gives_outputs_equal_to_a_conv_built_in_float64():
+    torch.manual_seed(0)
+    m32 = WeightedConv3d(2, 3, 3, padding=1, alpha=0.3)
+    m64 = WeightedConv3d(2, 3, 3, padding=1, alpha=0.3, dtype=torch.float64)
+    m64.load_state_dict({k: v.double() for k, v in m32.state_dict().items()})
+    x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)
+    assert torch.equal(copy.deepcopy(m32).double()(x), m64(x))
 
 
 class OpLog(TorchDispatchMode):

@@ -15,6 +15,7 @@ from typing import Union
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 Coefficients = Union[float, Sequence[float]]
 Alpha = Union[None, Coefficients, Sequence[Union[None, Sequence[float]]]]
@@ -90,6 +91,14 @@ def _outer(profiles: Sequence[torch.Tensor]) -> torch.Tensor:
     return phi
 
 
+def _phi(kernel_size: Sequence[int], per_dim: Sequence[Sequence[float]], dtype: torch.dtype,
+         device: torch.device | str | None) -> torch.Tensor:
+    """Φ from the free coefficients of each dimension (none: ones), computed in float64 and rounded once to ``dtype``."""
+    profiles = [_profile(torch.tensor(c, dtype=torch.float64)) if c else torch.ones(k, dtype=torch.float64)
+                for k, c in zip(kernel_size, per_dim)]
+    return _outer(profiles).to(dtype=dtype, device=device)
+
+
 def density(kernel_size: int | Sequence[int], alpha: Alpha, *, dtype: torch.dtype = torch.float32,
             device: torch.device | str | None = None) -> torch.Tensor:
     """Φ for ``kernel_size`` (one entry per dimension, or an int for 1D), with that shape.
@@ -98,10 +107,7 @@ def density(kernel_size: int | Sequence[int], alpha: Alpha, *, dtype: torch.dtyp
     """
     ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
     per_dim, _ = parse_alpha(ks, alpha)
-    if alpha is None:
-        return torch.ones(ks, dtype=dtype, device=device)
-    profiles = [_profile(torch.tensor(c, dtype=torch.float64)) for c in per_dim]
-    return _outer(profiles).to(dtype=dtype, device=device)
+    return _phi(ks, per_dim, dtype, device)
 
 
 class _WeightedConv:
@@ -118,9 +124,8 @@ class _WeightedConv:
         device, dtype = self.weight.device, self.weight.dtype
         if not learnable:
             self.log_alpha = None
-            self.register_buffer("density", density(self.kernel_size, alpha, dtype=dtype, device=device),
-                                 persistent=False)
             self._alpha = per_dim
+            self.register_buffer("density", _phi(self.kernel_size, self._alpha, dtype, device), persistent=False)
             return
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"learnable density needs odd kernel sizes, got {tuple(self.kernel_size)}")
@@ -136,6 +141,14 @@ class _WeightedConv:
             slices = tuple(slices)
         self._alpha_slices = slices
         self.log_alpha = nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float64)).to(dtype=dtype, device=device))
+
+    def _apply(self, fn, recurse=True):
+        # Φ is a function of α, not state: rounding the float32 values up to float64 would keep float32's error, so
+        # after .to()/.double()/.half() it is recomputed from the Python-float α in whatever dtype fn gave the buffer.
+        super()._apply(fn, recurse)
+        if self.log_alpha is None:
+            self.density = _phi(self.kernel_size, self._alpha, self.density.dtype, self.density.device)
+        return self
 
     def current_density(self) -> torch.Tensor:
         if self.log_alpha is None:
@@ -246,20 +259,36 @@ def _as_mapping(alpha) -> dict[int, Coefficients]:
     return out
 
 
-def convert(model: nn.Module, alpha: Mapping[int, Coefficients] | float, *, learnable: bool = False) -> nn.Module:
-    """Weight, in place, every plain torch conv whose kernel is the same odd size in every dimension.
+def _torch_conv_of(m: nn.Module) -> type | None:
+    """The torch conv whose computation ``m`` runs unchanged, or None.
 
-    The twin shares the very same weight and bias ``Parameter`` objects, so names, counts and
-    optimiser state are unchanged. Sizes missing from ``alpha``, 1×1, even and anisotropic
-    kernels, and subclasses of torch convs (which may have their own ``forward``) are left alone.
+    A subclass that only configures torch's conv (its own ``__init__``, torch's ``forward`` and ``_conv_forward``,
+    e.g. torchvision's ``Conv3DSimple``) computes exactly what its base does, so its weighted twin is faithful; one
+    that overrides either, is parametrized (its ``weight`` is computed) or is lazy (no weight yet) is not.
+    """
+    for base in _WEIGHTED_OF:
+        if isinstance(m, base):
+            own = type(m).forward is base.forward and type(m)._conv_forward is base._conv_forward
+            plain = not isinstance(m, (_WeightedConv, nn.modules.lazy.LazyModuleMixin))
+            return base if own and plain and not parametrize.is_parametrized(m) else None
+    return None
+
+
+def convert(model: nn.Module, alpha: Mapping[int, Coefficients] | float, *, learnable: bool = False) -> nn.Module:
+    """Weight, in place, every torch conv whose kernel is the same odd size in every dimension.
+
+    A torch conv is ``nn.Conv1d/2d/3d`` or a subclass that keeps torch's ``forward`` and ``_conv_forward``; it
+    becomes the ``WeightedConv1d/2d/3d`` of its dimension. The twin shares the very same weight and bias
+    ``Parameter`` objects, so names, counts and optimiser state are unchanged. Sizes missing from ``alpha``, 1×1,
+    even and anisotropic kernels, and subclasses with their own computation are left alone.
     """
     by_size = _as_mapping(alpha)
 
     def swap(m: nn.Module):
-        cls = _WEIGHTED_OF.get(type(m))
-        if cls is None or len(set(m.kernel_size)) != 1 or m.kernel_size[0] not in by_size:
+        base = _torch_conv_of(m)
+        if base is None or len(set(m.kernel_size)) != 1 or m.kernel_size[0] not in by_size:
             return None
-        new = _twin(m, cls)
+        new = _twin(m, _WEIGHTED_OF[base])
         new.weight, new.bias = m.weight, m.bias
         new._init_density(by_size[m.kernel_size[0]], learnable)
         return new
