@@ -93,7 +93,7 @@ def _outer(profiles: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _phi(kernel_size: Sequence[int], per_dim: Sequence[Sequence[float]], dtype: torch.dtype,
          device: torch.device | str | None) -> torch.Tensor:
-    """Φ from the free coefficients of each dimension (none: ones), computed in float64 and rounded once to ``dtype``."""
+    """Φ from the free coefficients per dimension (none: ones), in float64, rounded once to ``dtype``."""
     profiles = [_profile(torch.tensor(c, dtype=torch.float64)) if c else torch.ones(k, dtype=torch.float64)
                 for k, c in zip(kernel_size, per_dim)]
     return _outer(profiles).to(dtype=dtype, device=device)
