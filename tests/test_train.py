@@ -7,7 +7,20 @@ from dataclasses import replace
 import pytest
 import torch
 
-from wconv.train import CHECKPOINT, TrainingConfig, TrialConfig, prepare_trial, resume_trial, run_trial
+from wconv.train import (
+    CHECKPOINT,
+    CONFUSION_MATRIX,
+    FINAL,
+    EpochReport,
+    FinalMetrics,
+    FinalReport,
+    TrainingConfig,
+    TrialConfig,
+    final_value,
+    prepare_trial,
+    resume_trial,
+    run_trial,
+)
 
 torch.set_num_threads(1)
 
@@ -86,6 +99,22 @@ def test_last_report_carries_status_final_validation_and_test_metrics(tmp_path):
     best = min(reports, key=lambda m: m["val_loss"])
     assert last["final"]["best_epoch"] == best["epoch"]
     assert last["final"]["val_accuracy"] == best["val_accuracy"]
+    assert final_value(last, "val_accuracy") == best["val_accuracy"]
+
+
+def test_reports_hold_exactly_the_protocols_keys_and_the_test_confusion_matrix(tmp_path):
+    reports = []
+    run_trial(_config(), lambda m, d: reports.append(m), tmp_path)
+    declared = set(FinalReport.__annotations__)
+    for m in reports[:-1]:
+        assert {k for k in m if not k.startswith("val_")} == set(EpochReport.__annotations__) - {"replay"}
+    assert {k for k in reports[-1] if not k.startswith("val_")} == declared - {"replay"}
+    final = reports[-1][FINAL]
+    assert {k for k in final if not k.startswith(("val_", "test_"))} | {CONFUSION_MATRIX} == set(FinalMetrics.__annotations__)
+    matrix = torch.tensor(final[CONFUSION_MATRIX])
+    test_size = len(prepare_trial(_config()).data.test)
+    assert matrix.shape == (10, 10) and matrix.dtype == torch.int64 and matrix.sum() == test_size
+    assert matrix.diag().sum().item() / test_size == pytest.approx(final["test_accuracy"], abs=1e-6)
 
 
 def test_non_finite_loss_ends_the_trial_as_failed_with_the_reason(tmp_path):
@@ -94,6 +123,7 @@ def test_non_finite_loss_ends_the_trial_as_failed_with_the_reason(tmp_path):
     assert result["trial_status"] == "failed"
     assert "non-finite" in result["reason"]
     assert result["epoch"] < 4
+    assert result["final"] == {} and final_value(result, "val_accuracy") is None
 
 
 def test_early_stopping_ends_trial_but_never_the_baseline(tmp_path):

@@ -1,4 +1,8 @@
-"""One trial: train one model with one α and one seed, evaluate every epoch, checkpoint, resume."""
+"""One trial: train one model with one α and one seed, evaluate every epoch, checkpoint, resume.
+
+What a trial reports is defined here once (``EpochReport``, ``FinalReport`` and the key constants);
+launchers, stores and reports read it by these names.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,104 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, NotRequired, Optional, TypedDict
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from wconv.conv import param_groups
+
+
+# ---------------------------------------------------------------- the result protocol
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+LR = "lr"
+HOST = "host"
+DEVICE = "device"
+BASELINE = "baseline"
+WALL_TIME_S = "wall_time_s"
+REPLAY = "replay"
+FINISHED = "finished"
+STATUS = "trial_status"
+REASON = "reason"
+FINAL = "final"
+METRIC_SETTINGS = "metric_settings"
+BEST_EPOCH = "best_epoch"
+CONFUSION_MATRIX = "test_confusion_matrix"
+VAL = "val"
+TEST = "test"
+LOSS = "loss"
+VAL_LOSS = "val_loss"
+"""What early stopping and the best epoch go by."""
+
+COMPLETED = "completed"
+FAILED = "failed"
+TrialStatus = Literal["completed", "failed"]
+
+
+def metric_key(split: str, metric: str) -> str:
+    """The report key of ``metric`` on ``split``: ``metric_key(VAL, "psnr") == "val_psnr"``."""
+    return f"{split}_{metric}"
+
+
+class EpochReport(TypedDict):
+    """What a trial reports after every epoch.
+
+    Besides these keys it carries one float ``val_<metric>`` per validated metric (``val_loss`` and the
+    task's per-epoch metrics), except on an epoch that failed before validation (non-finite training loss).
+    """
+
+    epoch: int
+    train_loss: float
+    """Mean training loss over the epoch's examples."""
+    lr: float
+    """Learning rate after the epoch's scheduler step (the next epoch's)."""
+    host: str
+    device: str
+    """``"cpu"`` or the CUDA device's name."""
+    baseline: bool
+    """The α = 1 reference of its cell."""
+    wall_time_s: float
+    """Seconds spent inside the trial so far, over all restarts."""
+    replay: NotRequired[list[dict[str, Any]]]
+    """Only in the first report after a restart: the epoch reports before it, which may never have
+    reached the caller (killed between checkpoint and report). Recording them again must be idempotent."""
+
+
+class FinalMetrics(TypedDict, total=False):
+    """``final`` of a completed trial: the lowest-validation-loss epoch's ``val_*`` metrics and the
+    ``test_*`` metrics of that epoch's model (every metric of the task, the loss included); empty when
+    the trial failed."""
+
+    best_epoch: int
+    test_confusion_matrix: list[list[int]]
+    """Classification only: entry (i, j) counts test examples of class i predicted as j (Fig. 1)."""
+
+
+class FinalReport(EpochReport):
+    """The last report of a trial: its last epoch's ``EpochReport`` plus the outcome."""
+
+    finished: bool
+    """Always True: no report after this one."""
+    trial_status: TrialStatus
+    reason: str
+    """One line: why the trial ended (budget, early stopping, non-finite loss)."""
+    final: FinalMetrics
+    metric_settings: dict[str, Any]
+    """How every metric was computed (``wconv.metrics.metric_settings``)."""
+
+
+def final_value(report: dict, metric: str) -> Optional[float]:
+    """The value a search should be told for a finished trial: ``final[metric]`` (e.g. ``"val_psnr"``, the
+    best epoch's — not the last epoch's ``report[metric]``); None for a failed or unfinished trial."""
+    if not report.get(FINISHED) or report.get(STATUS) != COMPLETED:
+        return None
+    return report[FINAL].get(metric)
+
+
+# ---------------------------------------------------------------- configuration
 
 
 @dataclass(frozen=True)
@@ -97,10 +192,8 @@ class TrialConfig:
 
 CHECKPOINT = "trial.pt"
 Report = Callable[[dict, Path], None]
-
-
-class TrialFailed(Exception):
-    """Raised inside the epoch loop when a trial cannot go on (e.g. a non-finite loss)."""
+"""``report(metrics, checkpoint_dir)``: called after every epoch's checkpoint with an ``EpochReport``,
+the last time with a ``FinalReport``."""
 
 
 def _device() -> torch.device:
@@ -142,28 +235,41 @@ class _Task:
         from wconv import metrics
 
         self.name = task
+        self.device = device
+        self.num_classes = num_classes
         if task == "classification":
             self.loss = nn.CrossEntropyLoss(label_smoothing=training.label_smoothing)
-            self._metrics = lambda final: metrics.ClassificationMetrics(num_classes, device=device)
         else:
             self.loss = nn.MSELoss()
-            # FSIM is costly: per-epoch validation skips it, the final test scores it.
-            self._metrics = lambda final: metrics.DenoisingMetrics(device=device, fsim=final)
         self.settings = metrics.metric_settings(task)
+
+    def _scores(self, final: bool):
+        from wconv import metrics
+
+        if self.name == "classification":
+            return metrics.ClassificationMetrics(self.num_classes, device=self.device)
+        # FSIM is costly: per-epoch validation skips it, the final test scores it.
+        return metrics.DenoisingMetrics(device=self.device, fsim=final)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split, batch_size: int, autocast, prefix: str, final: bool = False) -> dict:
+        """Loss and metrics of ``model`` on ``split``, keyed ``<prefix>_<metric>``; ``final`` scores every
+        metric of the task (and, for classification, the confusion matrix)."""
         model.eval()
-        scores, total, n = self._metrics(final), 0.0, 0
+        scores = self._scores(final)
+        # Summed on the device in float64 (exactly what Python floats did): no host sync per batch.
+        total, n = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for x, y in split.batches(batch_size):
             with autocast():
                 out = model(x)
             out = out.float()
-            total += self.loss(out, y).item() * len(x)
+            total += self.loss(out, y).double() * len(x)
             n += len(x)
             scores.update(out, y)
-        result = {f"{prefix}_loss": total / max(n, 1)}
-        result.update({f"{prefix}_{k}": v for k, v in scores.compute().items()})
+        result = {metric_key(prefix, LOSS): total.item() / max(n, 1)}
+        result.update({metric_key(prefix, k): v for k, v in scores.compute().items()})
+        if final and self.name == "classification":
+            result[metric_key(prefix, "confusion_matrix")] = scores.confusion_matrix().tolist()
         return result
 
 
@@ -212,111 +318,169 @@ def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu") -> Tr
     return TrialSetup(model, optimizer, scheduler, order, td)
 
 
-def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -> dict:
-    """Train one model with one α and one seed; report every epoch; return the final metrics.
+@dataclass
+class _Progress:
+    """Where a trial stands between epochs; checkpointed as a plain dict (``vars``)."""
+
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    best_model: Optional[dict] = None
+    """State dict of the lowest-validation-loss epoch's model."""
+    best_metrics: Optional[dict] = None
+    """That epoch's report."""
+    bad_epochs: int = 0
+    """Epochs since the validation loss last went down (early stopping)."""
+    history: list = field(default_factory=list)
+    """Every epoch's metrics so far (what ``replay`` resends after a restart)."""
+    elapsed: float = 0.0
+    result: Optional[dict] = None
+    """The ``FinalReport``, once finished."""
+
+    def record(self, metrics: dict, model_state: Callable[[], dict]) -> None:
+        """Count the epoch ``metrics`` towards the best epoch and early stopping (``val_loss`` finite)."""
+        val_loss = metrics[VAL_LOSS]
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, metrics[EPOCH], 0
+            self.best_model, self.best_metrics = copy.deepcopy(model_state()), dict(metrics)
+        else:
+            self.bad_epochs += 1
+
+
+def _outcome(progress: _Progress, metrics: dict, training: TrainingConfig,
+             baseline: bool) -> tuple[Optional[TrialStatus], Optional[str]]:
+    """(status, reason) if the trial ends after this epoch, else (None, None).
+
+    ``metrics`` is the epoch's report so far: without ``val_loss`` when training already failed."""
+    epoch = metrics[EPOCH]
+    if not math.isfinite(metrics[TRAIN_LOSS]):
+        return FAILED, f"non-finite training loss ({metrics[TRAIN_LOSS]}) at epoch {epoch}"
+    if not math.isfinite(metrics[VAL_LOSS]):
+        return FAILED, f"non-finite validation loss at epoch {epoch}"
+    if epoch >= training.epochs:
+        return COMPLETED, f"ran the full budget of {training.epochs} epochs"
+    if not baseline and training.patience is not None and progress.bad_epochs >= training.patience:
+        return COMPLETED, f"early stopping: no lower validation loss for {training.patience} epochs"
+    return None, None
+
+
+class _Trial:
+    """The steps of ``run_trial``: one object so each step reads the trial's pieces by name."""
+
+    def __init__(self, config: TrialConfig, checkpoint_dir: Path):
+        self.config, self.training = config, config.training
+        self.device = _device()
+        self.checkpoint = checkpoint_dir / CHECKPOINT
+        self.setup = prepare_trial(config, self.device)
+        self.task = _Task(self.setup.data.task, self.training, self.setup.data.num_classes, self.device)
+        cuda = self.device.type == "cuda"
+        self.about = {HOST: socket.gethostname(),
+                      DEVICE: torch.cuda.get_device_name(self.device) if cuda else "cpu",
+                      BASELINE: config.baseline}
+        self.progress = _Progress()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.device.type == "cuda" and self.training.amp)
+
+    def restore(self) -> None:
+        """Continue from the checkpoint, if there is one."""
+        if not self.checkpoint.exists():
+            return
+        s = self.setup
+        saved = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        s.model.load_state_dict(saved["model"])
+        s.optimizer.load_state_dict(saved["optimizer"])
+        s.scheduler.load_state_dict(saved["scheduler"])
+        s.order.set_state(saved["order"])
+        _set_rng_state(saved["rng"])
+        self.progress = _Progress(**saved["state"])
+
+    def save(self) -> None:
+        s = self.setup
+        _save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                      "scheduler": s.scheduler.state_dict(), "order": s.order.get_state(), "rng": _rng_state(),
+                      "state": vars(self.progress), "config": asdict(self.config)}, self.checkpoint)
+
+    def train_epoch(self) -> float:
+        """One epoch of optimiser steps and the LR scheduler's step; the mean training loss."""
+        s, tc = self.setup, self.training
+        s.model.train()
+        total, n = torch.zeros((), device=self.device), 0
+        for step, (x, y) in enumerate(s.data.train.batches(tc.batch_size, s.order)):
+            if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
+                break
+            with self.autocast():
+                loss = self.task.loss(s.model(x).float(), y)
+            s.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            s.optimizer.step()
+            total += loss.detach() * len(x)  # summed on the device: no host sync per step
+            n += len(x)
+        s.scheduler.step()
+        return total.item() / max(n, 1)
+
+    def validate(self) -> dict:
+        return self.task.evaluate(self.setup.model, self.setup.data.val, self.training.batch_size, self.autocast, VAL)
+
+    def finish(self, report: dict, status: TrialStatus, reason: str) -> FinalReport:
+        """The last report: ``report`` plus the outcome and, if completed, the best epoch's model on test."""
+        p, final = self.progress, {}
+        if status == COMPLETED:
+            self.setup.model.load_state_dict(p.best_model)
+            final = {k: v for k, v in p.best_metrics.items() if k.startswith(VAL + "_")}
+            final.update(self.task.evaluate(self.setup.model, self.setup.data.test, self.training.batch_size,
+                                            self.autocast, TEST, final=True))
+            final[BEST_EPOCH] = p.best_epoch
+        return FinalReport(**report, finished=True, trial_status=status, reason=reason, final=final,
+                           metric_settings=self.task.settings)
+
+
+def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -> FinalReport:
+    """Train one model with one α and one seed; report every epoch; return the final report.
 
     Every epoch ends with a checkpoint (model, optimiser, LR scheduler, RNG and data-order
     states, early-stopping state) in ``checkpoint_dir``; if one is there already, the trial
     continues exactly where it stopped. The same seed gives the same initial weights and data
     order whatever α is (the paper compares α against α = 1 from one initialisation).
-    The last report carries ``finished=True``, ``trial_status`` (completed | failed), ``reason``
-    and ``final``: validation metrics of the lowest-validation-loss epoch and test metrics of that model.
-    After a restart, the first report also carries ``replay``: the metrics of every earlier epoch.
+    Each epoch's report is an ``EpochReport``; the last one a ``FinalReport`` (``finished``, ``trial_status``,
+    ``reason``, ``final``). After a restart, the first report also carries ``replay``.
     """
-    tc = config.training
-    device = _device()
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = checkpoint_dir / CHECKPOINT
     started = time.time()
-    setup = prepare_trial(config, device)
-    model, optimizer, scheduler, order, td = setup.model, setup.optimizer, setup.scheduler, setup.order, setup.data
-    cuda = device.type == "cuda"
-    task = _Task(td.task, tc, td.num_classes, device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and tc.amp)
-
-    replay: list[dict] = []
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
-             "history": [], "elapsed": 0.0}
-    if ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        order.set_state(saved["order"])
-        _set_rng_state(saved["rng"])
-        state = saved["state"]
-        # The reports of epochs before the restart may never have reached the caller (killed between
-        # checkpoint and report): the first report after a restart replays them; recording is idempotent.
-        replay = [dict(m) for m in state["history"]]
-        if "result" in state:  # finished before the restart: hand its result to the caller again
-            report(dict(state["result"], replay=replay), checkpoint_dir)
-            return state["result"]
-    elapsed0 = state["elapsed"]
-    about = {"host": socket.gethostname(),
-             "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-             "baseline": config.baseline}
-
-    while state["epoch"] < tc.epochs:
-        epoch = state["epoch"] + 1
-        model.train()
-        total, n, status, reason = torch.zeros((), device=device), 0, None, None
-        for step, (x, y) in enumerate(td.train.batches(tc.batch_size, order)):
-            if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
-                break
-            with autocast():
-                loss = task.loss(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(x)  # summed on the device: no host sync per step
-            n += len(x)
-        scheduler.step()
-        train_loss = total.item() / max(n, 1)
-        if not math.isfinite(train_loss):
-            status, reason = "failed", f"non-finite training loss ({train_loss}) at epoch {epoch}"
-        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
-        if status is None:
-            metrics.update(task.evaluate(model, td.val, tc.batch_size, autocast, "val"))
-            if not math.isfinite(metrics["val_loss"]):
-                status, reason = "failed", f"non-finite validation loss at epoch {epoch}"
-            elif metrics["val_loss"] < state["best_val_loss"]:
-                state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, bad_epochs=0,
-                             best_model=copy.deepcopy(model.state_dict()), best_metrics=dict(metrics))
-            else:
-                state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["history"].append(metrics)
-        state["elapsed"] = elapsed0 + time.time() - started
-        if status is None and epoch >= tc.epochs:
-            status, reason = "completed", f"ran the full budget of {tc.epochs} epochs"
-        elif status is None and not config.baseline and tc.patience is not None and state["bad_epochs"] >= tc.patience:
-            status, reason = "completed", f"early stopping: no lower validation loss for {tc.patience} epochs"
-        result = dict(metrics, **about, wall_time_s=state["elapsed"])
+    trial = _Trial(config, checkpoint_dir)
+    trial.restore()
+    progress = trial.progress
+    replay = [dict(m) for m in progress.history]
+    if progress.result is not None:  # finished before the restart: hand its result to the caller again
+        report(dict(progress.result, replay=replay), checkpoint_dir)
+        return progress.result
+    elapsed0 = progress.elapsed
+    while True:
+        epoch = progress.epoch + 1
+        train_loss = trial.train_epoch()
+        metrics = {EPOCH: epoch, TRAIN_LOSS: train_loss, LR: trial.setup.scheduler.get_last_lr()[0]}
+        if math.isfinite(train_loss):
+            metrics.update(trial.validate())
+            if math.isfinite(metrics[VAL_LOSS]):
+                progress.record(metrics, trial.setup.model.state_dict)
+        status, reason = _outcome(progress, metrics, trial.training, config.baseline)
+        progress.epoch = epoch
+        progress.history.append(metrics)
+        progress.elapsed = elapsed0 + time.time() - started
+        result = dict(metrics, **trial.about, wall_time_s=progress.elapsed)
         if status is not None:
-            final = {}
-            if status == "completed":
-                model.load_state_dict(state["best_model"])
-                final = {k: v for k, v in state["best_metrics"].items() if k.startswith("val_")}
-                final.update(task.evaluate(model, td.test, tc.batch_size, autocast, "test", final=True))
-                final["best_epoch"] = state["best_epoch"]
-            result.update(finished=True, trial_status=status, reason=reason, final=final,
-                          metric_settings=task.settings)
-            state["epoch"] = tc.epochs  # a finished trial restarted from its checkpoint does nothing
-            state["result"] = result
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "order": order.get_state(), "rng": _rng_state(),
-                      "state": state, "config": asdict(config)}, ckpt_path)
+            result = trial.finish(result, status, reason)
+            progress.result = result
+        trial.save()
         report(dict(result, replay=replay) if replay else result, checkpoint_dir)
         replay = []
         if status is not None:
             return result
-    return state.get("result", {})
 
 
-def resume_trial(checkpoint_dir: Path | str, report: Report) -> dict:
+def resume_trial(checkpoint_dir: Path | str, report: Report) -> FinalReport:
     """Continue a trial from its checkpoint folder alone (the checkpoint holds its ``TrialConfig``),
     on whatever machine it restarts."""
     saved = torch.load(Path(checkpoint_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
