@@ -22,7 +22,13 @@ dir in the official formats and shapes (python-2 pickles of 50,000 + 10,000 rand
 PNGs, few of them, with the real epoch of 11,520 patches). Step batches are smaller than the trainer's 128
 on the CPU (``--cpu-step-batch``): a conv step's cost per example barely depends on the batch there.
 
+Eval part (``--part eval``): the share of a denoising trial's epoch that per-epoch validation takes, with the
+metrics validated before (PSNR, SSIM, NRMSE, UIQ) and now (``TrainingConfig.val_metrics`` default: PSNR,
+SSIM, NRMSE; UIQ and FSIM at the final test only), for tiny_denoiser and a small DnCNN on ``natural``. Times
+``train_epoch`` and ``validate`` of ``run_trial``'s own steps over ``--eval-epochs`` epochs after one warm-up.
+
     python benchmarks/throughput.py                      # both parts (GPU part skipped without CUDA)
+    python benchmarks/throughput.py --part eval --threads 1
     python benchmarks/throughput.py --part gpu --compile --cifar-root /scratch/data
     python benchmarks/throughput.py --part cpu --width 0.5 --cpu-steps 3
 """
@@ -206,6 +212,49 @@ def cpu_part(args: argparse.Namespace) -> None:
               f"of about that size); epoch set to the real one, {DIV2K_PATCHES:,} random 64×64 patches")
 
 
+# ---------------------------------------------------------------- eval part
+
+EVAL_MODELS = {"tiny_denoiser": {}, "dncnn (width 0.25)": {"width": 0.25}}
+EVAL_SETS = {"before: psnr ssim nrmse uiq": ("psnr", "ssim", "nrmse", "uiq"), "now: default": None}
+
+
+def eval_share(model: str, options: dict, val_metrics, epochs: int) -> tuple[float, float]:
+    """Median seconds per epoch of training and of validation, over ``epochs`` epochs after a warm-up one."""
+    from wconv.train import TrialConfig, _Trial
+
+    tc = TrainingConfig.for_task("denoising", epochs=epochs + 1, val_metrics=val_metrics)
+    config = TrialConfig(model=model, dataset="natural", kernel_size=3, alpha=(0.8,), training=tc,
+                         model_options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = _Trial(config, Path(tmp))  # run_trial's own steps, timed one by one
+        train, val = [], []
+        for epoch in range(epochs + 1):
+            start = time.perf_counter()
+            trial.train_epoch()
+            middle = time.perf_counter()
+            trial.validate()
+            if epoch:
+                train.append(middle - start)
+                val.append(time.perf_counter() - middle)
+    return statistics.median(train), statistics.median(val)
+
+
+def eval_part(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    td = data.load("natural")
+    print(f"\n== Eval part: per-epoch validation share of a denoising trial on natural ({len(td.train)} training "
+          f"patches, {len(td.val)} validation tiles of 32×32 per epoch), batch 128, {torch.get_num_threads()} "
+          f"thread(s), median of {args.eval_epochs} epochs", flush=True)
+    header = f"| {'model':<20} | {'validated metrics':<28} | {'train s':>7} | {'val s':>7} | {'val share':>9} |"
+    print(header)
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    for model, options in EVAL_MODELS.items():
+        for label, names in EVAL_SETS.items():
+            train, val = eval_share(model.split()[0], options, names, args.eval_epochs)
+            print(f"| {model:<20} | {label:<28} | {train:>7.2f} | {val:>7.2f} | {val / (train + val):>9.0%} |",
+                  flush=True)
+
+
 # ---------------------------------------------------------------- GPU part
 
 
@@ -340,7 +389,7 @@ def check_targets(rows: list[tuple], need_paper: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "cpu", "gpu"), default="all")
+    parser.add_argument("--part", choices=("all", "cpu", "gpu", "eval"), default="all")
     parser.add_argument("--cifar-root", help="folder holding cifar-100-python (real data); "
                         "default: generated files (CPU) / synthetic tensors (GPU)")
     parser.add_argument("--div2k-root", help="folder holding DIV2K_train_HR and DIV2K_valid_HR (real data)")
@@ -364,6 +413,7 @@ def main() -> None:
     c.add_argument("--loader-repeats", type=int, default=3)
     c.add_argument("--generated-div2k-images", type=int, default=6, help="train PNGs written when no --div2k-root")
     c.add_argument("--div2k-limit", type=int, help="images read per split from --div2k-root (CPU memory)")
+    parser.add_argument("--eval-epochs", type=int, default=3, help="timed epochs per row of the eval part")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -372,6 +422,8 @@ def main() -> None:
         gpu_part(args)
     if args.part in ("all", "cpu"):
         cpu_part(args)
+    if args.part in ("all", "eval"):
+        eval_part(args)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"wall {time.perf_counter() - started:.0f} s")
 

@@ -1,6 +1,7 @@
 """wconv.metrics against independent references: scikit-learn, scikit-image and the papers' formulas."""
 
 import json
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -9,7 +10,15 @@ import torch
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from wconv.metrics import METRIC_MODES, ClassificationMetrics, DenoisingMetrics, metric_settings
+from wconv.metrics import (
+    METRIC_MODES,
+    TASK_METRICS,
+    VALIDATION_METRICS,
+    ClassificationMetrics,
+    DenoisingMetrics,
+    MetricName,
+    metric_settings,
+)
 
 
 def natural_images(n: int, channels: int, size: int = 32) -> torch.Tensor:
@@ -88,7 +97,7 @@ def test_psnr_ssim_nrmse_match_skimage_as_per_image_means(channels):
     constants and valid region, so only float32 (piq) against float64 (skimage) rounding remains."""
     target = natural_images(4, channels)
     output = noisy(target, 0.05)
-    metrics = DenoisingMetrics(fsim=False)
+    metrics = DenoisingMetrics(names=("psnr", "ssim", "nrmse", "uiq"))
 
     metrics.update(output, target)
     result = metrics.compute()
@@ -113,7 +122,7 @@ def test_ssim_of_large_images_matches_skimage_without_downsampling():
     """From 384 px up piq would average-pool by round(size / 256) first; skimage, and we, do not."""
     target = torch.from_numpy(skimage.data.camera()).float()[None, None, :384, :384] / 255
     output = noisy(target, 0.05)
-    metrics = DenoisingMetrics(fsim=False)
+    metrics = DenoisingMetrics(names=("psnr", "ssim", "nrmse", "uiq"))
 
     metrics.update(output, target)
 
@@ -132,7 +141,7 @@ def test_psnr_of_constant_error_is_ten_log_one_over_error_squared():
     target = torch.tensor([[0.25, 0.75], [0.75, 0.25]]).repeat(2, 3, 16, 16)  # checkerboard, 32×32
     error = 0.1
 
-    metrics = DenoisingMetrics(fsim=False)
+    metrics = DenoisingMetrics(names=("psnr", "ssim", "nrmse", "uiq"))
     metrics.update(target + error, target)
 
     assert metrics.compute()["psnr"] == pytest.approx(10 * np.log10(1 / error**2), abs=1e-4)  # 20 dB
@@ -146,7 +155,7 @@ def test_uiq_equals_direct_wang_bovik_formula_on_one_window():
     target = torch.rand(1, 1, 11, 11, generator=generator, dtype=torch.float64)
     output = (0.7 * target + 0.2 * torch.rand(1, 1, 11, 11, generator=generator, dtype=torch.float64)).clamp(0, 1)
 
-    metrics = DenoisingMetrics(fsim=False)
+    metrics = DenoisingMetrics(names=("psnr", "ssim", "nrmse", "uiq"))
     metrics.update(output, target)
 
     taps = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
@@ -165,7 +174,7 @@ def test_uiq_of_scaled_image_is_squared_luminance_contrast_term(scale):
     every window (Wang & Bovik 2002), so Q = (2a / (1 + a²))² whatever the image."""
     target = natural_images(3, 3)
 
-    metrics = DenoisingMetrics(fsim=False)
+    metrics = DenoisingMetrics(names=("psnr", "ssim", "nrmse", "uiq"))
     metrics.update(scale * target, target)
 
     assert metrics.compute()["uiq"] == pytest.approx((2 * scale / (1 + scale**2)) ** 2, abs=1e-6)
@@ -234,16 +243,39 @@ def test_output_is_clamped_to_unit_range_before_scoring():
     assert raw.compute() == pytest.approx(clamped.compute())
 
 
-def test_fsim_false_leaves_fsim_out_and_keeps_the_rest():
+def test_chosen_metrics_are_computed_alone_with_the_values_of_the_full_set():
     target = natural_images(2, 3)
     output = noisy(target, 0.1)
-    with_fsim, without_fsim = DenoisingMetrics(fsim=True), DenoisingMetrics(fsim=False)
+    full, cheap = DenoisingMetrics(), DenoisingMetrics(names=VALIDATION_METRICS["denoising"])
 
-    with_fsim.update(output, target)
-    without_fsim.update(output, target)
+    full.update(output, target)
+    cheap.update(output, target)
 
-    expected = {k: v for k, v in with_fsim.compute().items() if k != "fsim"}
-    assert without_fsim.compute() == pytest.approx(expected)
+    assert list(cheap.compute()) == ["psnr", "ssim", "nrmse"]
+    assert cheap.compute() == pytest.approx({k: full.compute()[k] for k in ("psnr", "ssim", "nrmse")})
+
+
+def test_classification_metrics_can_leave_f1_out_and_keep_the_confusion_matrix():
+    logits, target = torch.eye(4)[[0, 1, 2, 2]], torch.tensor([0, 1, 2, 3])
+    metrics = ClassificationMetrics(4, names=["accuracy"])
+    metrics.update(logits, target)
+    assert metrics.compute() == {"accuracy": 0.75}
+    assert metrics.confusion_matrix().trace() == 3
+
+
+@pytest.mark.parametrize("task, names", [("denoising", ["psnr", "accuracy"]), ("classification", ["uiq"])])
+def test_metrics_of_another_task_are_refused_by_name(task, names):
+    make = (lambda: DenoisingMetrics(names=names)) if task == "denoising" else (
+        lambda: ClassificationMetrics(3, names=names))
+    with pytest.raises(ValueError, match=rf"not {task} metric.*choose from"):
+        make()
+
+
+def test_metric_names_cover_every_task_metric_and_validation_sets_are_subsets():
+    assert set(get_args(MetricName)) == {m for names in TASK_METRICS.values() for m in names}
+    for task, names in VALIDATION_METRICS.items():
+        assert set(names) <= set(TASK_METRICS[task]) and set(names) <= set(METRIC_MODES)
+    assert "uiq" not in VALIDATION_METRICS["denoising"] and "fsim" not in VALIDATION_METRICS["denoising"]
 
 
 def test_images_smaller_than_the_ssim_window_are_refused():

@@ -20,6 +20,7 @@ from wconv.train import (
     prepare_trial,
     resume_trial,
     run_trial,
+    validation_metrics,
 )
 
 torch.set_num_threads(1)
@@ -136,13 +137,36 @@ def test_early_stopping_ends_trial_but_never_the_baseline(tmp_path):
     assert baseline["epoch"] == 4 and "full budget" in baseline["reason"]
 
 
-def test_denoising_trial_scores_psnr_ssim_and_fsim_on_test(tmp_path):
-    tc = TrainingConfig.for_task("denoising", epochs=1, batch_size=16, max_steps_per_epoch=2)
-    config = TrialConfig(model="tiny_denoiser", dataset="natural", kernel_size=5, alpha=(0.1, 0.9), seed=0,
-                         training=tc, dataset_options={"limit": 2})
-    result = run_trial(config, lambda m, d: None, tmp_path)
+def _denoising(**training) -> TrialConfig:
+    tc = TrainingConfig.for_task("denoising", epochs=1, batch_size=16, max_steps_per_epoch=2, **training)
+    return TrialConfig(model="tiny_denoiser", dataset="natural", kernel_size=5, alpha=(0.1, 0.9), seed=0,
+                       training=tc, dataset_options={"limit": 2})
+
+
+def test_denoising_validates_cheap_metrics_each_epoch_and_tests_every_metric(tmp_path):
+    reports = []
+    result = run_trial(_denoising(), lambda m, d: reports.append(m), tmp_path)
     assert result["trial_status"] == "completed"
-    assert {"val_psnr", "test_psnr", "test_ssim", "test_fsim", "test_nrmse", "test_uiq"} <= set(result["final"])
+    assert {k for k in reports[0] if k.startswith("val_")} == {"val_loss", "val_psnr", "val_ssim", "val_nrmse"}
+    assert {"test_loss", "test_psnr", "test_ssim", "test_fsim", "test_nrmse", "test_uiq"} <= set(result["final"])
+
+
+def test_a_search_metric_added_to_validation_is_reported_every_epoch(tmp_path):
+    training = _denoising().training.validating("denoising", "val_uiq")
+    assert training.val_metrics == ("psnr", "ssim", "nrmse", "uiq")
+    reports = []
+    run_trial(replace(_denoising(), training=training), lambda m, d: reports.append(m), tmp_path)
+    assert "val_uiq" in reports[0] and "val_fsim" not in reports[0]
+
+
+def test_val_metrics_are_checked_against_the_metric_names_and_the_task():
+    assert TrainingConfig(val_metrics=["f1"]).val_metrics == ("f1",)  # a YAML list becomes a tuple
+    assert validation_metrics(TrainingConfig(), "classification") == ("accuracy", "f1")
+    assert TrainingConfig().validating("classification", "val_loss").val_metrics == ("accuracy", "f1")
+    with pytest.raises(ValueError, match="training.val_metrics: unknown metric.*'psrn'"):
+        TrainingConfig(val_metrics=("psrn",))
+    with pytest.raises(ValueError, match="training.val_metrics: 'psnr' not classification metric"):
+        validation_metrics(TrainingConfig(val_metrics=("psnr",)), "classification")
 
 
 def test_channels_last_converts_the_4d_weights_of_a_model_with_a_conv3d():

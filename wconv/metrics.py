@@ -6,15 +6,29 @@ arguments and the library versions down so a stored result says exactly how it w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import version
+from typing import Literal, Optional
 
-import piq
 import torch
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
-from torchmetrics.functional.image import universal_image_quality_index
-from torchmetrics.functional.regression import normalized_root_mean_squared_error
+
+# piq and torchmetrics are imported where they are called: ``wconv.train``'s config reads the metric names
+# below, and validating a sweep should not pay their import (seconds).
+
+MetricName = Literal["accuracy", "f1", "psnr", "ssim", "fsim", "nrmse", "uiq"]
+"""Every metric of the paper, besides the loss."""
+TASK_METRICS: dict[str, tuple[MetricName, ...]] = {
+    "classification": ("accuracy", "f1"),
+    "denoising": ("psnr", "ssim", "fsim", "nrmse", "uiq"),
+}
+"""What a task's final test scores (classification also the confusion matrix)."""
+VALIDATION_METRICS: dict[str, tuple[MetricName, ...]] = {
+    "classification": ("accuracy", "f1"),
+    "denoising": ("psnr", "ssim", "nrmse"),
+}
+"""What per-epoch validation scores by default: the cheap ones. UIQ (float64, 11×11 windows) took about
+95 % of a denoising validation pass on CPU, FSIM costs more than all others together."""
 
 # Whether a larger value of a metric is better; what a scheduler or a "best trial" query needs.
 METRIC_MODES = {
@@ -60,21 +74,26 @@ def _call(name: str, kwargs: dict, extra: str = "") -> str:
 
 
 class ClassificationMetrics:
-    """Accuracy, macro F1 and confusion matrix of Sect. 4.1, accumulated over batches.
+    """Accuracy, macro F1 and confusion matrix of Sect. 4.1, accumulated over batches; ``names`` picks
+    accuracy and/or F1 (default both), the confusion matrix is always kept.
 
     Accuracy is top-1 (micro). Macro F1 averages the per-class F1 over the classes that occur in the
     targets or the predictions, as sklearn's ``f1_score(average="macro")`` does.
     """
 
-    def __init__(self, num_classes: int, device="cpu"):
+    def __init__(self, num_classes: int, device="cpu", names: Optional[Sequence[str]] = None):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
         self.num_classes = num_classes
         self.device = torch.device(device)
+        self.names = _chosen("classification", names)
+        # validate_args=False: the argument checks look at tensor values, one host sync per batch.
+        chosen = {"accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+                  "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False)}
         self._metrics = MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-                "f1": MulticlassF1Score(num_classes, average="macro"),
-                "confusion_matrix": MulticlassConfusionMatrix(num_classes),
-            }
+            {**{name: chosen[name] for name in self.names},
+             "confusion_matrix": MulticlassConfusionMatrix(num_classes, validate_args=False)}
         ).to(self.device)
         self._seen = 0
 
@@ -84,12 +103,9 @@ class ClassificationMetrics:
         self._seen += target.numel()
 
     def compute(self) -> dict[str, float]:
-        """``{"accuracy", "f1"}`` over everything seen since the last reset."""
+        """``{"accuracy", "f1"}`` (those chosen) over everything seen since the last reset."""
         self._check_seen()
-        return {
-            "accuracy": self._metrics["accuracy"].compute().item(),
-            "f1": self._metrics["f1"].compute().item(),
-        }
+        return {name: self._metrics[name].compute().item() for name in self.names}
 
     def confusion_matrix(self) -> Tensor:
         """(num_classes, num_classes) counts; entry (i, j) counts class i predicted as j (Sect. 4.1)."""
@@ -110,16 +126,16 @@ class DenoisingMetrics:
 
     Images are float tensors in [0, 1] of shape (N, C, H, W), C = 1 or 3, H and W at least
     ``MIN_IMAGE_SIZE``. FSIM is the chromatic FSIMc for RGB and the plain FSIM for grayscale, as
-    Zhang et al. 2011 define them. FSIM costs more than all the others together: ``fsim=False``
-    leaves it out (and out of ``compute()``'s result), e.g. for per-epoch validation.
+    Zhang et al. 2011 define them. ``names`` picks which to compute (default all): FSIM costs more than all
+    the others together and UIQ more than PSNR, SSIM and NRMSE together, so per-epoch validation leaves
+    them out (``VALIDATION_METRICS``).
     Identical images score PSNR = 80 dB (piq adds 1e-8 to the MSE); a constant target has no
     range, so its NRMSE is infinite.
     """
 
-    def __init__(self, device="cpu", fsim: bool = True):
+    def __init__(self, device="cpu", names: Optional[Sequence[str]] = None):
         self.device = torch.device(device)
-        self.fsim = fsim
-        self.names = ["psnr", "ssim", "fsim", "nrmse", "uiq"] if fsim else ["psnr", "ssim", "nrmse", "uiq"]
+        self.names = _chosen("denoising", names)
         self.reset()
 
     def update(self, output: Tensor, target: Tensor) -> None:
@@ -137,16 +153,8 @@ class DenoisingMetrics:
         # fp32 whatever the model ran in: piq's FFTs and the variances need it.
         output = output.detach().to(self.device, torch.float32).clamp(0.0, 1.0)
         target = target.detach().to(self.device, torch.float32)
-        scores = {
-            "psnr": piq.psnr(output, target, **_PSNR),
-            "ssim": piq.ssim(output, target, **_SSIM),
-            "nrmse": _nrmse(output, target),
-            "uiq": _uiq(output, target),
-        }
-        if self.fsim:
-            chromatic = output.shape[1] == 3
-            scores["fsim"] = piq.fsim(output, target, **_FSIM, chromatic=chromatic)
-        self._sums += torch.stack([scores[name].sum() for name in self.names]).double()
+        scores = [_DENOISING[name](output, target).sum() for name in self.names]
+        self._sums += torch.stack(scores).double()
         self._count += output.shape[0]
 
     def compute(self) -> dict[str, float]:
@@ -161,19 +169,56 @@ class DenoisingMetrics:
         self._count = 0
 
 
+def _chosen(task: str, names: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """``names`` in the task's canonical order (all of them if None); unknown names are refused."""
+    if names is None:
+        return TASK_METRICS[task]
+    unknown = sorted(set(names) - set(TASK_METRICS[task]))
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))}: not {task} metric(s); "
+                         f"choose from {', '.join(TASK_METRICS[task])}")
+    return tuple(name for name in TASK_METRICS[task] if name in names)
+
+
+def _psnr(output: Tensor, target: Tensor) -> Tensor:
+    import piq
+
+    return piq.psnr(output, target, **_PSNR)
+
+
+def _ssim(output: Tensor, target: Tensor) -> Tensor:
+    import piq
+
+    return piq.ssim(output, target, **_SSIM)
+
+
+def _fsim(output: Tensor, target: Tensor) -> Tensor:
+    import piq
+
+    return piq.fsim(output, target, **_FSIM, chromatic=output.shape[1] == 3)
+
+
 def _uiq(output: Tensor, target: Tensor) -> Tensor:
     """Per-image UIQ, in float64: in float32 the variances of smooth windows (E[x²] − μ² and
     torchmetrics' 1e-7 guard against 0/0) cost identical images up to 1e-3 of their score of 1.
     A window flat in both images scores 0 (the guard), where Wang & Bovik leave Q undefined."""
+    from torchmetrics.functional.image import universal_image_quality_index
+
     return universal_image_quality_index(output.double(), target.double(), **_UIQ).mean(dim=(1, 2, 3))
 
 
 def _nrmse(output: Tensor, target: Tensor) -> Tensor:
     """Per-image NRMSE: torchmetrics treats each image as one of its ``num_outputs`` columns."""
+    from torchmetrics.functional.regression import normalized_root_mean_squared_error
+
     n = output.shape[0]
     return normalized_root_mean_squared_error(
         output.reshape(n, -1).T, target.reshape(n, -1).T, **_NRMSE, num_outputs=n
     ).reshape(n)
+
+
+_DENOISING = {"psnr": _psnr, "ssim": _ssim, "fsim": _fsim, "nrmse": _nrmse, "uiq": _uiq}
+"""Per-image score of each denoising metric, (N,) from (N, C, H, W)."""
 
 
 def metric_settings(task: str) -> dict:

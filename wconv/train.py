@@ -14,13 +14,14 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, NotRequired, Optional, TypedDict
+from typing import Any, Callable, Literal, NotRequired, Optional, TypedDict, get_args
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from wconv.conv import param_groups
+from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
 
 
 # ---------------------------------------------------------------- the result protocol
@@ -146,6 +147,20 @@ class TrainingConfig:
     """channels_last memory format on CUDA."""
     max_steps_per_epoch: Optional[int] = None
     """Cap on optimiser steps per epoch (smoke runs and tests)."""
+    val_metrics: Optional[tuple[MetricName, ...]] = None
+    """Metrics that per-epoch validation scores besides the loss; None: the task's cheap set,
+    ``wconv.metrics.VALIDATION_METRICS`` (accuracy, f1 | psnr, ssim, nrmse). The final test always scores
+    every metric of the task. A search that reads another metric every epoch (ASHA, the searcher) must
+    add it: ``config.validating(task, metric)``."""
+
+    def __post_init__(self) -> None:
+        if self.val_metrics is not None:
+            # JSON and YAML give lists; a frozen config stays hashable with a tuple.
+            object.__setattr__(self, "val_metrics", tuple(self.val_metrics))
+            unknown = [m for m in self.val_metrics if m not in get_args(MetricName)]
+            if unknown:
+                raise ValueError(f"training.val_metrics: unknown metric(s) {', '.join(map(repr, unknown))}; "
+                                 f"choose from {', '.join(get_args(MetricName))}")
 
     @classmethod
     def for_task(cls, task: str, **overrides) -> "TrainingConfig":
@@ -163,6 +178,27 @@ class TrainingConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    def validating(self, task: str, *metrics: str) -> "TrainingConfig":
+        """This config with per-epoch validation also scoring ``metrics`` (``"val_uiq"`` or ``"uiq"``; the
+        loss is always scored): what a launcher calls with the search metric it reads every epoch."""
+        wanted = {m.removeprefix(VAL + "_") for m in metrics} - {LOSS}
+        chosen = set(validation_metrics(self, task)) | wanted
+        return replace(self, val_metrics=tuple(m for m in get_args(MetricName) if m in chosen))
+
+
+def validation_metrics(training: TrainingConfig, task: str) -> tuple[MetricName, ...]:
+    """The metrics per-epoch validation of a ``task`` trial scores besides the loss; ValueError naming
+    ``training.val_metrics`` if it holds another task's metric."""
+    if task not in TASK_METRICS:
+        raise ValueError(f"task must be one of {', '.join(TASK_METRICS)}, got {task!r}")
+    if training.val_metrics is None:
+        return VALIDATION_METRICS[task]
+    foreign = [m for m in training.val_metrics if m not in TASK_METRICS[task]]
+    if foreign:
+        raise ValueError(f"training.val_metrics: {', '.join(map(repr, foreign))} not {task} metric(s); "
+                         f"choose from {', '.join(TASK_METRICS[task])}")
+    return tuple(m for m in TASK_METRICS[task] if m in training.val_metrics)
 
 
 @dataclass(frozen=True)
@@ -237,40 +273,47 @@ class _Task:
         self.name = task
         self.device = device
         self.num_classes = num_classes
+        self.val_metrics = validation_metrics(training, task)
         if task == "classification":
             self.loss = nn.CrossEntropyLoss(label_smoothing=training.label_smoothing)
         else:
             self.loss = nn.MSELoss()
         self.settings = metrics.metric_settings(task)
 
-    def _scores(self, final: bool):
+    def _scores(self, names: tuple[str, ...]):
         from wconv import metrics
 
         if self.name == "classification":
-            return metrics.ClassificationMetrics(self.num_classes, device=self.device)
-        # FSIM is costly: per-epoch validation skips it, the final test scores it.
-        return metrics.DenoisingMetrics(device=self.device, fsim=final)
+            return metrics.ClassificationMetrics(self.num_classes, device=self.device, names=names)
+        return metrics.DenoisingMetrics(device=self.device, names=names)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split, batch_size: int, autocast, prefix: str, final: bool = False) -> dict:
-        """Loss and metrics of ``model`` on ``split``, keyed ``<prefix>_<metric>``; ``final`` scores every
-        metric of the task (and, for classification, the confusion matrix)."""
-        model.eval()
-        scores = self._scores(final)
+    def evaluate(self, forward: Callable[[torch.Tensor], torch.Tensor], members: int, split, batch_size: int,
+                 autocast, prefix: str, final: bool = False) -> list[dict]:
+        """Loss and metrics on ``split`` of each of ``members`` models, keyed ``<prefix>_<metric>``.
+
+        ``forward(x)`` gives the members' outputs stacked, (members, N, ...), in eval mode. Validation
+        scores ``val_metrics``; ``final`` scores every metric of the task (classification: and the
+        confusion matrix)."""
+        scores = [self._scores(TASK_METRICS[self.name] if final else self.val_metrics) for _ in range(members)]
         # Summed on the device in float64 (exactly what Python floats did): no host sync per batch.
-        total, n = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        totals, n = torch.zeros(members, dtype=torch.float64, device=self.device), 0
         for x, y in split.batches(batch_size):
             with autocast():
-                out = model(x)
+                out = forward(x)
             out = out.float()
-            total += self.loss(out, y).double() * len(x)
+            for k in range(members):
+                totals[k] += self.loss(out[k], y).double() * len(x)
+                scores[k].update(out[k], y)
             n += len(x)
-            scores.update(out, y)
-        result = {metric_key(prefix, LOSS): total.item() / max(n, 1)}
-        result.update({metric_key(prefix, k): v for k, v in scores.compute().items()})
-        if final and self.name == "classification":
-            result[metric_key(prefix, "confusion_matrix")] = scores.confusion_matrix().tolist()
-        return result
+        results = []
+        for total, member in zip(totals.tolist(), scores):
+            result = {metric_key(prefix, LOSS): total / max(n, 1)}
+            result.update({metric_key(prefix, k): v for k, v in member.compute().items()})
+            if final and self.name == "classification":
+                result[metric_key(prefix, "confusion_matrix")] = member.confusion_matrix().tolist()
+            results.append(result)
+        return results
 
 
 def _channels_last(model: nn.Module) -> None:
@@ -420,8 +463,14 @@ class _Trial:
         s.scheduler.step()
         return total.item() / max(n, 1)
 
+    def evaluate(self, split, prefix: str, final: bool = False) -> dict:
+        model = self.setup.model
+        model.eval()
+        return self.task.evaluate(lambda x: model(x)[None], 1, split, self.training.batch_size, self.autocast,
+                                  prefix, final)[0]
+
     def validate(self) -> dict:
-        return self.task.evaluate(self.setup.model, self.setup.data.val, self.training.batch_size, self.autocast, VAL)
+        return self.evaluate(self.setup.data.val, VAL)
 
     def finish(self, report: dict, status: TrialStatus, reason: str) -> FinalReport:
         """The last report: ``report`` plus the outcome and, if completed, the best epoch's model on test."""
@@ -429,8 +478,7 @@ class _Trial:
         if status == COMPLETED:
             self.setup.model.load_state_dict(p.best_model)
             final = {k: v for k, v in p.best_metrics.items() if k.startswith(VAL + "_")}
-            final.update(self.task.evaluate(self.setup.model, self.setup.data.test, self.training.batch_size,
-                                            self.autocast, TEST, final=True))
+            final.update(self.evaluate(self.setup.data.test, TEST, final=True))
             final[BEST_EPOCH] = p.best_epoch
         return FinalReport(**report, finished=True, trial_status=status, reason=reason, final=final,
                            metric_settings=self.task.settings)
