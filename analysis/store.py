@@ -579,6 +579,22 @@ class Store:
             return _parse(self._read(stmt.where(False)))  # a schema-1 database has search trials only
         return _parse(self._read(stmt))
 
+    def terminal_counts(self, sweep: str, *, stage: str = "search") -> dict[str, int]:
+        """Per cell of ``sweep``: how many of its trials reached a terminal status."""
+        trials = self.trials(sweep=sweep, stage=stage)
+        if trials.empty:
+            return {}
+        return trials[trials["status"].isin(TERMINAL)].groupby("cell").size().astype(int).to_dict()
+
+    def seconds_per_epoch(self) -> dict[str, float]:
+        """Median wall time per epoch of every model's trials so far (what ``wconv plan`` estimates from)."""
+        trials = self.trials()
+        if trials.empty:
+            return {}
+        trials = trials[(trials["epochs_run"].fillna(0) > 0) & trials["wall_time_s"].notna()]
+        per_epoch = trials["wall_time_s"] / trials["epochs_run"].astype(float)
+        return per_epoch.groupby(trials["model"]).median().to_dict()
+
     def epochs(self, sweep: str, trial_id: str | None = None) -> pd.DataFrame:
         """Per-epoch metrics (``metrics`` as a dict) of one sweep, optionally of one trial, in epoch order."""
         c = epochs_table.c
@@ -618,6 +634,12 @@ class LockedSweep:
         if current is not None and current["owner"] != holder["owner"]:
             self.hand_over(cell, current["owner"], holder["owner"])
         return None
+
+    def hand_over_trial(self, trial_id: str, new: str) -> None:
+        """One unfinished trial whose runner is gone now belongs to ``new``."""
+        c = trials_table.c
+        self.conn.execute(update(trials_table).where(c.sweep == self.sweep, c.trial_id == trial_id,
+                                                     c.status.not_in(TERMINAL)).values(owner=new))
 
     def hand_over(self, cell: str, old: str, new: str) -> None:
         """The unfinished trials ``old`` left in ``cell`` now belong to ``new``."""

@@ -6,7 +6,7 @@ apart); (b) its best α matches the best α of an exhaustive grid over the same 
 
 (a) runs ``launch.local.run_sweep`` (Ray Tune + Optuna TPE + ASHA on a Ray local cluster). (b) runs the
 grid directly with ``wconv.train.run_trial`` in two worker processes, with the very trial config the
-sweep builds (``launch.search.trial_config``), evenly spaced α, FIFO, full budget, at the cell's seed 0
+sweep builds (``launch.cell.trial_config``), evenly spaced α, FIFO, full budget, at the cell's seed 0
 and ``--grid-seeds`` − 1 more seeds. The seeds give the noise: a different seed moves the metric by
 about its standard deviation across seeds (averaged over the grid's α), so differences below that
 mean nothing. ASHA's best α is also re-run at the same seeds.
@@ -56,7 +56,7 @@ def _grid_trial(spec: dict, alpha: float, seed: int) -> tuple[float, int, dict]:
 
     import torch
 
-    from launch.search import trial_config
+    from launch.cell import trial_config
     from launch.spec import parse_sweep
     from wconv.train import run_trial
 

@@ -38,7 +38,7 @@ class TrialTimes(tune.Callback):
     @staticmethod
     def key(trial) -> str:
         """The trial's name in the store (its α), which the store's rows are matched by."""
-        from launch.search import trial_key
+        from launch.cell import trial_key
 
         return trial_key(tuple(trial.config[k] for k in sorted(trial.config) if k.startswith("alpha_")))
 
@@ -77,7 +77,7 @@ def calibrate(sweep) -> float:
     """One trial in this process, alone (one thread): what a trial costs without Ray or a neighbour."""
     import torch
 
-    from launch.search import trial_config
+    from launch.cell import trial_config
     from wconv.train import run_trial
 
     torch.set_num_threads(max(1, int(sweep.resources.cpus_per_trial)))
@@ -105,7 +105,7 @@ def main() -> None:
 
     import launch.local as local
     from analysis.store import Store
-    from launch.search import start_ray
+    from launch.runner import start_ray
     from launch.spec import load_sweep
 
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
@@ -123,24 +123,19 @@ def main() -> None:
     if not args.no_calibrate:
         print(f"one trial alone, in-process: {calibrate(sweep):.1f} s")
 
-    timer = TrialTimes()
-    real_run_cell = local.run_cell
-    # Instrumentation only: the timing callback rides along with the store's.
-    local.run_cell = lambda sweep, cell, runs_dir, callbacks, recorded: real_run_cell(
-        sweep, cell, runs_dir, [*callbacks, timer], recorded)
+    timer = TrialTimes()  # instrumentation only: the timing callback rides along with the store's
     t0 = time.time()
     start_ray(args.num_cpus)
     ray_start = time.time() - t0
     log = sys.stdout if args.progress else io.StringIO()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.time()
-    local.run_sweep(sweep, runs_dir=work / "runs", out=log, num_cpus=args.num_cpus)
+    local.run_sweep(sweep, runs_dir=work / "runs", out=log, num_cpus=args.num_cpus, callbacks=[timer])
     t2 = time.time()
     wall = t2 - t1
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     driver_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     ray.shutdown()
-    local.run_cell = real_run_cell
 
     trials = Store(sweep.storage).trials(sweep=sweep.name)
     ids = {tid.split("/", 1)[1]: row for tid, row in zip(trials["trial_id"], trials.to_dict("records"))}

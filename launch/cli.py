@@ -11,7 +11,7 @@ USER_ERROR = 2
 
 
 def _cmd_validate(args) -> None:
-    from launch.search import trials_per_cell
+    from launch.cell import trials_per_cell
     from launch.spec import load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
@@ -21,7 +21,7 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_plan(args) -> None:
-    from launch.search import epoch_budget, trials_per_cell
+    from launch.cell import epoch_budget, trials_per_cell
     from launch.spec import load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
@@ -57,18 +57,14 @@ def asha_rungs(sweep) -> list[int]:
 
 
 def _seconds_per_epoch(sweep) -> dict[str, float]:
-    """Median wall time per epoch of earlier trials of each model in this sweep's database."""
-    from analysis.store import Store, StoreError
+    """Median wall time per epoch of earlier trials of each model in this sweep's database (read-only)."""
+    from analysis.store import NoResults, Store
 
     try:
-        trials = Store(sweep.storage).trials()
-    except StoreError:
+        with Store(sweep.storage, create=False) as store:
+            return store.seconds_per_epoch()
+    except NoResults:
         return {}
-    if trials.empty:
-        return {}
-    trials = trials[(trials["epochs_run"].fillna(0) > 0) & trials["wall_time_s"].notna()]
-    per_epoch = trials["wall_time_s"] / trials["epochs_run"]
-    return per_epoch.groupby(trials["model"]).median().to_dict()
 
 
 def _duration(seconds: float) -> str:
@@ -93,7 +89,7 @@ def _cmd_best(args) -> None:
     from analysis.query import best_alpha, format_table
     from analysis.store import Store
 
-    table = best_alpha(Store(args.storage), sweep=args.sweep, model=args.model, kernel=args.kernel)
+    table = best_alpha(Store(args.storage, create=False), sweep=args.sweep, model=args.model, kernel=args.kernel)
     if table.empty and args.format == "table":
         print("no finished cell matches" + (f" (sweep {args.sweep!r})" if args.sweep else "") + f" in {args.storage}")
         return
@@ -155,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from analysis.store import StoreError
-    from launch.search import ResourceError
+    from launch.cell import SweepChanged
+    from launch.launcher import ResourceError
+    from launch.lease import LeaseHeld
     from launch.spec import SpecError
     from wconv.data import DatasetError
 
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return USER_ERROR
-    except (DatasetError, StoreError, ResourceError) as e:
+    except (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged) as e:
         print(f"wconv {args.command}: {e}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

@@ -1,243 +1,266 @@
-"""One cell's search: Ray Tune runs trials proposed by Optuna's TPE sampler, ASHA stops the poor ones.
+"""One cell's search: an Optuna study proposes α, Ray Tune runs the trials, ASHA stops the poor ones.
 
-Every cell also runs its α = 1 baseline (the standard convolution) with the cell's seed, to the
-full epoch budget: ASHA never stops it and early stopping is off for it, so the comparison is fair.
+The results store is the truth about a cell's trials; the Optuna study is the sampler's memory, kept
+in a persistent Optuna storage (a journal file beside the runs, or the sweep's PostgreSQL database) so
+that ``optuna-dashboard`` opens it and several workers of one cell share it.
 
-How stopped trials are told to Optuna: Ray's ``OptunaSearch`` records a trial that ASHA stopped
-as COMPLETE with the partial metric of its last rung, so TPE would compare a 2-epoch accuracy with
-a 20-epoch one. ``CellSearch`` tells such trials as PRUNED instead (with their per-epoch
-intermediate values, which TPE uses to rank pruned trials below every completed one), and trials
-that failed (e.g. a non-finite loss) as FAIL.
+- **Claims.** ``CellSearch.suggest`` decides what a free slot runs inside one locked store
+  transaction (``Store.locked``): first an unfinished trial whose runner is gone (it continues from its
+  checkpoint), then the α = 1 baseline if the cell has none, then a new α from the study — never an α
+  the cell already has (a duplicate proposal is told to Optuna as FAIL and asked again), and never
+  beyond ``num_samples + 1`` trials. So a resumed or shared cell cannot lose or repeat a trial,
+  whatever its samplers' seeds.
+- **What Optuna is told** is what the store keeps: a completed trial's ``final[metric]`` (the best
+  epoch's value, not the last epoch's), a trial ASHA stopped as PRUNED (with its per-epoch values, which
+  TPE ranks below every completed trial), a failed trial as FAIL.
+- **The baseline** (α = 1, the standard convolution) runs with the cell's seed to the full budget:
+  ASHA neither stops it nor records it in its rungs, and early stopping is off for it. It joins the
+  study only when it finishes, and only where α = 1 lies inside the searched ranges.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import math
 from pathlib import Path
 from typing import Optional
 
-from analysis.store import TERMINAL
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from analysis.store import TERMINAL, Store
+from launch.cell import (alpha_names, baseline_alpha, is_baseline, record_fields, trial_id,
+                         trials_per_cell)
+from launch.lease import Holder, gone
 from launch.spec import Cell, Sweep
-from wconv.train import TrialConfig, run_trial
-
-BASELINE_ALPHA = 1.0
+from wconv.train import BASELINE, FINAL, FINISHED, REPLAY, STATUS, EPOCH
 
 
-def _quiet_ray_environment() -> None:
-    """Ray 2.6x defaults that hurt on laptops and compute nodes; each may still be set by the user."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth token written to ~/.ray
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the results store is our logger
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # A failed trial's last report has no validation metric; the searcher and scheduler handle that.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # frequent on purpose
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+def study_name(sweep: Sweep, cell: Cell) -> str:
+    return f"{sweep.name}/{cell.id}"
 
 
-def start_ray(num_cpus: Optional[int] = None) -> None:
-    """Join the cluster in ``RAY_ADDRESS``, or start a quiet local one sized to this machine."""
-    import logging
+def study_storage(sweep: Sweep, runs_dir: Path):
+    """The persistent Optuna storage of a sweep's studies.
 
-    import ray
-
-    _quiet_ray_environment()
-    # Result files are not written (the store is the logger), so Tune's result grid would warn per trial.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
-        return
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False, object_store_memory=200 * 1024**2,
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYTHONWARNINGS")}})
-
-
-def check_resources(sweep: Sweep) -> None:
-    """A trial asking for more than any node has would wait forever in Tune's queue."""
-    import ray
-
-    have = ray.cluster_resources()
-    for key, need in (("CPU", sweep.resources.cpus_per_trial), ("GPU", sweep.resources.gpus_per_trial)):
-        if need > have.get(key, 0):
-            field = "cpus_per_trial" if key == "CPU" else "gpus_per_trial"
-            raise ResourceError(f"resources.{field}: each trial asks for {need:g} {key}(s) but the Ray cluster has "
-                                f"{have.get(key, 0):g}; lower it (e.g. --set resources.{field}="
-                                f"{0 if key == 'GPU' else 1}) or run where the resources are")
-
-
-class ResourceError(Exception):
-    """The sweep asks for resources the Ray cluster does not have."""
-
-
-def _alpha_names(cell: Cell) -> list[str]:
-    return [f"alpha_{i + 1}" for i in range(len(cell.ranges))]
-
-
-def alpha_of(config: dict, cell: Cell) -> tuple[float, ...]:
-    return tuple(float(config[name]) for name in _alpha_names(cell))
-
-
-def trial_config(sweep: Sweep, cell: Cell, alpha: tuple[float, ...]) -> TrialConfig:
-    baseline = all(a == BASELINE_ALPHA for a in alpha)
-    return TrialConfig(model=cell.model, dataset=sweep.dataset.name, kernel_size=cell.kernel_size,
-                       alpha=None if baseline else alpha, seed=cell.seed, training=sweep.training_config(),
-                       model_options=cell.model_options, dataset_root=sweep.dataset.root,
-                       dataset_options=dict(sweep.dataset.options), baseline=baseline)
-
-
-def trial_key(alpha: tuple[float, ...]) -> str:
-    """A trial's name within its cell: its α, exactly. A search never proposes one α twice, so the key
-    names the same trial in every run of the cell, and with it the trial's checkpoint folder."""
-    return "alpha=" + ",".join(repr(float(a)) for a in alpha)
-
-
-def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: str) -> None:
-    """Ray Tune function trainable: one trial, checkpointed every epoch by ``run_trial`` in its own folder.
-
-    The folder is named by the trial's α, so a trial interrupted in one run (a kill, a requeue,
-    another node of a shared filesystem) continues from its last epoch in the next. Tune's own
-    checkpoints are not used: they race with its experiment snapshots, and the next run does not
-    restore Tune's state anyway (see ``run_cell``).
+    A PostgreSQL results store also holds the studies, in a schema of their own (``optuna``: Optuna's
+    table names would collide with the store's). Anything else gets a journal file beside the runs,
+    locked with open(O_EXCL) lock files, which are safe on NFS and Lustre (fcntl locks are not).
     """
-    import torch
-    from ray import tune
+    from sqlalchemy.engine import make_url
 
-    torch.set_num_threads(max(1, int(cpus)))
-    alpha = alpha_of(config, cell)
+    url = make_url(sweep.storage)
+    if url.get_backend_name() == "postgresql":
+        from sqlalchemy import create_engine, text
 
-    def report(metrics: dict, directory: Path) -> None:
-        # ray.train.report fails inside Tune; tune.report is the function-trainable API.
-        tune.report(metrics)
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
+        engine.dispose()
+        return optuna.storages.RDBStorage(
+            url.render_as_string(hide_password=False),
+            engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}})
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
-    run_trial(trial_config(sweep, cell, alpha), report, Path(trials_dir) / trial_key(alpha))
+    path = Path(runs_dir) / sweep.name / "optuna.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
 
 
-def _study(sweep: Sweep, cell: Cell, finished: list[dict]):
-    """An Optuna study holding the cell's finished trials, as Optuna would have recorded them.
-
-    Completed trials are COMPLETE with their final metric, trials ASHA stopped are PRUNED with
-    their per-epoch values (TPE ranks them below every completed one), failed trials are FAIL.
-    """
-    import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState, create_trial
-
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=cell.id,
+def open_study(sweep: Sweep, cell: Cell, storage):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Each process draws from its own stream: the study already holds every earlier draw, so a
+    # resumed or second worker does not replay the first one's random start-up proposals.
+    sampler_seed = sweep.search.seed
+    study = optuna.create_study(storage=storage, study_name=study_name(sweep, cell), load_if_exists=True,
                                 direction="maximize" if sweep.mode == "max" else "minimize")
-    distributions = {name: FloatDistribution(low, high) for name, (low, high) in zip(_alpha_names(cell), cell.ranges)}
-    for t in finished:
-        params = dict(zip(_alpha_names(cell), t["alpha"]))
-        if not all(distributions[k]._contains(v) for k, v in params.items()):
-            continue  # the baseline, when α = 1 lies outside the searched range
-        value = (t.get("metrics") or {}).get(sweep.metric)
-        state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(t["status"], TrialState.FAIL)
+    sampler_seed += 7919 * len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+    return study
+
+
+def outcome(result: Optional[dict], error: bool) -> str:
+    """completed | stopped | failed, from a trial's last report (None: it never reported)."""
+    if error or result is None:
+        return "failed"
+    if not result.get(FINISHED):
+        return "stopped"  # the scheduler ended it
+    return result.get(STATUS, "failed")
+
+
+class CellSearch(Searcher):
+    """A Ray Tune searcher for one cell that claims its trials in the results store (module docstring).
+
+    ``stage`` separates a sweep's search from its confirmation runs, which reuse the machinery.
+    """
+
+    def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, *, stage: str = "search"):
+        super().__init__(metric=sweep.metric, mode=sweep.mode)
+        self.sweep, self.cell, self.holder, self.stage, self.runs_dir = sweep, cell, holder, stage, Path(runs_dir)
+        self._open()
+        self.distributions = {name: FloatDistribution(low, high)
+                              for name, (low, high) in zip(alpha_names(cell), cell.ranges)}
+        self.running: dict[str, str] = {}  # Tune trial id -> the store's trial id
+        self.alphas: dict[str, tuple[float, ...]] = {}
+        self.reconcile()
+
+    def _open(self) -> None:
+        self.store = Store(self.sweep.storage)
+        self.study = open_study(self.sweep, self.cell, study_storage(self.sweep, self.runs_dir))
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("store", "study")}  # Tune pickles its config
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    # -- Tune's Searcher API -----------------------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric and mode come from the sweep; the space is the cell's α ranges
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the store and the study are this searcher's state (Tune's is not restored)."""
+
+    def suggest(self, tune_trial_id: str):
+        alpha = self.claim()
+        if alpha is None:
+            return Searcher.FINISHED
+        self.running[tune_trial_id] = trial_id(self.cell, alpha)
+        self.alphas[tune_trial_id] = alpha
+        return dict(zip(alpha_names(self.cell), alpha))
+
+    def on_trial_result(self, tune_trial_id: str, result: dict) -> None:
+        number = self.number(self.running.get(tune_trial_id))
+        if number is None:
+            return
+        storage = self.study._storage
+        optuna_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        for report in [*result.get(REPLAY, []), result]:
+            if self.metric in report and math.isfinite(float(report[self.metric])):
+                storage.set_trial_intermediate_value(optuna_id, int(report[EPOCH]), float(report[self.metric]))
+
+    def on_trial_complete(self, tune_trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        tid = self.running.pop(tune_trial_id, None)
+        alpha = self.alphas.pop(tune_trial_id, None)
+        if tid is not None:
+            self.tell(tid, alpha, outcome(result, error), _final_value(result or {}, self.metric))
+
+    # -- claims ------------------------------------------------------------------------------------
+
+    def claim(self) -> Optional[tuple[float, ...]]:
+        """What the next free slot runs, or None when the cell needs nothing more from this worker."""
+        cell, owner = self.cell, self.holder.owner
+        with self.store.locked(self.sweep.name) as tx:
+            rows = [r for r in tx.trials(cell.id) if (r.get("stage") or "search") == self.stage]
+            live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
+            mine = set(self.running.values())
+            orphans = [r for r in rows if r["status"] not in TERMINAL and r["trial_id"] not in mine
+                       and r.get("owner") not in live]
+            if orphans:
+                row = min(orphans, key=lambda r: (not r["baseline"], r["trial_id"]))
+                tx.hand_over_trial(row["trial_id"], owner)
+                return tuple(float(a) for a in row["alpha"])
+            if len(rows) >= trials_per_cell(self.sweep):
+                return None
+            keys = {r["trial_id"] for r in rows}
+            alpha = baseline_alpha(cell)
+            if trial_id(cell, alpha) in keys:
+                alpha = self.ask(keys)
+            tx.record_trial(trial_id(cell, alpha), owner=owner, status="running", stage=self.stage,
+                            **record_fields(cell, alpha))
+            return alpha
+
+    def ask(self, keys: set[str]) -> tuple[float, ...]:
+        """A new α from the study; one the cell already has is told as FAIL and never run."""
+        for _ in range(1000):
+            trial = self.study.ask(self.distributions)
+            alpha = tuple(float(trial.params[name]) for name in alpha_names(self.cell))
+            key = trial_id(self.cell, alpha)
+            trial.set_user_attr("trial_id", key)
+            if key not in keys:
+                return alpha
+            trial.set_user_attr("duplicate", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+        raise RuntimeError(f"cell {self.cell.id}: the sampler proposed only α values the cell already has")
+
+    # -- telling Optuna what the store keeps -----------------------------------------------------
+
+    def number(self, tid: Optional[str]) -> Optional[int]:
+        """The study's trial number of the store's trial ``tid`` (None: not asked from the study)."""
+        if tid is None:
+            return None
+        for t in self.study.get_trials(deepcopy=False):
+            if t.user_attrs.get("trial_id") == tid and not t.user_attrs.get("duplicate"):
+                return t.number
+        return None
+
+    def tell(self, tid: str, alpha, status: str, value: Optional[float]) -> None:
+        state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(status, TrialState.FAIL)
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
-        study.add_trial(create_trial(state=state, params=params, distributions=distributions,
-                                     value=value if state == TrialState.COMPLETE else None,
-                                     intermediate_values=t.get("curve") or {}))
-    return storage
+        number = self.number(tid)
+        if number is not None:
+            if self.study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+                self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+            return
+        params = dict(zip(alpha_names(self.cell), alpha))
+        if is_baseline(alpha) and all(d._contains(params[k]) for k, d in self.distributions.items()):
+            self.study.add_trial(create_trial(state=state, params=params, distributions=self.distributions,
+                                              value=value if state == TrialState.COMPLETE else None,
+                                              user_attrs={"trial_id": tid, "baseline": True}))
+
+    def reconcile(self) -> None:
+        """Tell the study what the store finished while no driver was there to tell it (a kill between
+        the store's write and the study's)."""
+        known = {t.user_attrs.get("trial_id"): t for t in self.study.get_trials(deepcopy=False)
+                 if not t.user_attrs.get("duplicate")}
+        rows = self.store.trials(sweep=self.sweep.name, cell=self.cell.id, stage=self.stage)
+        for row in rows.to_dict("records"):
+            trial = known.get(row["trial_id"])
+            if row["status"] not in TERMINAL or (trial is not None and trial.state != TrialState.RUNNING):
+                continue
+            if trial is None and not row["baseline"]:
+                continue  # never asked from this study (its storage was deleted): nothing to tell
+            value = (row.get("metrics") or {}).get(self.sweep.metric)
+            self.tell(row["trial_id"], tuple(row["alpha"]), row["status"], None if value is None else float(value))
 
 
-def _make_searcher(sweep: Sweep, cell: Cell, finished: list[dict], points: list[tuple[float, ...]]):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    class CellSearch(OptunaSearch):
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:  # a failed trial's last report has none
-                super().on_trial_result(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-            if result is not None and result.get("trial_status") == "failed":
-                result, error = None, True
-            elif result is not None and not error and not result.get("finished"):
-                result = None  # stopped by the scheduler: PRUNED, not COMPLETE
-            super().on_trial_complete(trial_id, result, error)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # metric and mode are given once, to TuneConfig, which passes them to searcher and scheduler.
-    return CellSearch(points_to_evaluate=[dict(zip(_alpha_names(cell), p)) for p in points] or None,
-                      # A resumed cell must not replay the first run's random draws (they name finished trials).
-                      sampler=optuna.samplers.TPESampler(seed=sweep.search.seed + 7919 * len(finished)),
-                      storage=_study(sweep, cell, finished), study_name=cell.id)
+def _final_value(result: dict, metric: str) -> Optional[float]:
+    """``final[metric]`` of a last report; Tune hands searchers flattened results (``final/<metric>``)."""
+    value = (result.get(FINAL) or {}).get(metric, result.get(f"{FINAL}/{metric}"))
+    if value is None or isinstance(value, bool):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
-def _make_scheduler(sweep: Sweep):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+class BaselineASHA(ASHAScheduler):
+    """ASHA that never stops the α = 1 baseline and never records it in a rung.
 
+    Ray's ASHA also records every trial's last result into its rungs when the trial completes; the
+    baseline's full-budget value there would make every cutoff stricter than ASHA intends.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if result.get(BASELINE):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if (result or {}).get(BASELINE):
+            self.on_trial_remove(tune_controller, trial)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+def make_scheduler(sweep: Sweep):
     if sweep.scheduler.type == "fifo":
         return FIFOScheduler()
-
-    class BaselineASHA(ASHAScheduler):
-        """ASHA that never stops the α = 1 baseline and leaves it out of the rungs."""
-
-        def on_trial_result(self, tune_controller, trial, result):
-            if result.get("baseline"):
-                return TrialScheduler.CONTINUE
-            return super().on_trial_result(tune_controller, trial, result)
-
     # time_attr is the trial's own epoch: Tune's training_iteration restarts at 1 when a trial restarts.
-    return BaselineASHA(time_attr="epoch", max_t=sweep.training_config().epochs,
+    return BaselineASHA(time_attr=EPOCH, max_t=sweep.training_config().epochs,
                         grace_period=sweep.scheduler.grace_period,
                         reduction_factor=sweep.scheduler.reduction_factor)
-
-
-def search_space(cell: Cell) -> dict:
-    from ray import tune
-
-    return {name: tune.uniform(low, high) for name, (low, high) in zip(_alpha_names(cell), cell.ranges)}
-
-
-def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, callbacks: list, recorded: list[dict]) -> None:
-    """Run the rest of one cell's search; trials report through ``callbacks`` to the results store.
-
-    ``recorded`` are the cell's trials in the store, which is the truth about what finished: a
-    re-run (after a kill, at any moment) keeps every finished trial, tells them to a fresh
-    Optuna study, runs the unfinished ones again from their checkpoints (their α first, so they
-    keep their names) and samples only what is still missing. Tune's experiment state is not
-    restored: it is saved in the background and can lag the store by seconds, which would lose
-    or duplicate trials that started or ended in that gap.
-    """
-    from ray import tune
-
-    finished = [t for t in recorded if t["status"] in TERMINAL]
-    done = {tuple(t["alpha"]) for t in finished}
-    baseline = tuple(BASELINE_ALPHA for _ in cell.ranges)
-    points = [] if baseline in done else [baseline]
-    points += [a for a in dict.fromkeys(tuple(t["alpha"]) for t in recorded) if a not in done and a not in points]
-    remaining = trials_per_cell(sweep) - len(finished)
-    cell_dir = (runs_dir / sweep.name / cell.id).resolve()
-    shutil.rmtree(cell_dir / "tune", ignore_errors=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, sweep=sweep, cell=cell, cpus=sweep.resources.cpus_per_trial,
-                             trials_dir=str(cell_dir / "trials")),
-        {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial},
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=search_space(cell),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
-                                    search_alg=_make_searcher(sweep, cell, finished, points),
-                                    scheduler=_make_scheduler(sweep), num_samples=remaining,
-                                    max_concurrent_trials=sweep.search.max_concurrent,
-                                    # One worker per slot for the whole cell: a new worker per trial
-                                    # (Tune's default) idles each slot ~5 s per hand-over.
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name="tune", storage_path=str(cell_dir), callbacks=callbacks, verbose=0),
-    )
-    tuner.fit()
-
-
-def trials_per_cell(sweep: Sweep) -> int:
-    """Optuna's samples plus the α = 1 baseline."""
-    return sweep.search.num_samples + 1
-
-
-def epoch_budget(sweep: Sweep) -> int:
-    return len(sweep.cells()) * trials_per_cell(sweep) * sweep.training_config().epochs
-

@@ -1,0 +1,170 @@
+"""Cells and their trials, by name; and the one preparation every launcher makes before anything runs.
+
+A cell (model × kernel size × seed, see ``launch/spec.py``) is one search: ``num_samples`` trials
+proposed by Optuna plus the α = 1 baseline. This module names its trials and checks a sweep against
+the results store; it imports neither Ray nor torch, so the CLI's quick commands stay quick.
+
+**Sweep identity.** The store keeps the validated spec of every sweep and a hash of the fields that
+decide its results (task, dataset, models, kernels, search, scheduler, training, seeds; not where the
+data or the database live, the resources, the workers or the concurrency). Running a sweep whose spec
+differs from the stored one under the same name is refused, listing the fields that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from launch.spec import Cell, Sweep
+
+BASELINE_ALPHA = 1.0
+STAGES = ("search", "confirm")
+
+# Fields that do not change what a sweep computes: where things live, and how fast it runs.
+_NOT_IDENTITY = {("name",), ("storage",), ("resources",), ("workers",), ("search", "max_concurrent"),
+                 ("dataset", "root")}
+
+
+class SweepChanged(Exception):
+    """The sweep file differs from the sweep of the same name in the store; one line, with what to do."""
+
+
+def baseline_alpha(cell: Cell) -> tuple[float, ...]:
+    return tuple(BASELINE_ALPHA for _ in cell.ranges)
+
+
+def is_baseline(alpha) -> bool:
+    return all(float(a) == BASELINE_ALPHA for a in alpha)
+
+
+def alpha_names(cell: Cell) -> list[str]:
+    """The names of α's free coefficients in a trial's config (and in its Optuna study)."""
+    return [f"alpha_{i + 1}" for i in range(len(cell.ranges))]
+
+
+def alpha_of(config: dict, cell: Cell) -> tuple[float, ...]:
+    return tuple(float(config[name]) for name in alpha_names(cell))
+
+
+def trial_key(alpha) -> str:
+    """A trial's name within its cell: its α, exactly. No α runs twice in a cell, so the key names the
+    same trial in every run and on every worker, and with it the trial's checkpoint folder."""
+    return "alpha=" + ",".join(repr(float(a)) for a in alpha)
+
+
+def trial_id(cell: Cell, alpha) -> str:
+    return f"{cell.id}/{trial_key(alpha)}"
+
+
+def trials_per_cell(sweep: Sweep) -> int:
+    """Optuna's samples plus the α = 1 baseline."""
+    return sweep.search.num_samples + 1
+
+
+def epoch_budget(sweep: Sweep) -> int:
+    return len(sweep.cells()) * trials_per_cell(sweep) * sweep.training_config().epochs
+
+
+def cell_dir(runs_dir: Path | str, sweep: Sweep, cell: Cell) -> Path:
+    """Where a cell's trials keep their checkpoints (``trials/<trial key>``)."""
+    return Path(runs_dir) / sweep.name / cell.id
+
+
+def record_fields(cell: Cell, alpha) -> dict:
+    """The store's description of a trial of ``cell``."""
+    return {"cell": cell.id, "model": cell.model, "kernel_size": cell.kernel_size,
+            "alpha": [float(a) for a in alpha], "seed": cell.seed, "baseline": is_baseline(alpha)}
+
+
+def trial_config(sweep: Sweep, cell: Cell, alpha):
+    """The ``wconv.train.TrialConfig`` of one trial (imports torch: call it where trials run)."""
+    from wconv.train import TrialConfig
+
+    baseline = is_baseline(alpha)
+    return TrialConfig(model=cell.model, dataset=sweep.dataset.name, kernel_size=cell.kernel_size,
+                       alpha=None if baseline else tuple(float(a) for a in alpha), seed=cell.seed,
+                       training=sweep.training_config(), model_options=cell.model_options,
+                       dataset_root=sweep.dataset.root, dataset_options=dict(sweep.dataset.options),
+                       baseline=baseline)
+
+
+# -- sweep identity --------------------------------------------------------------------------------
+
+
+def identity(spec: dict) -> dict:
+    """The part of a sweep's spec (``Sweep.model_dump(mode="json")``) that decides its results."""
+    def strip(node: Any, path: tuple) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v, (*path, k)) for k, v in sorted(node.items(), key=lambda kv: str(kv[0]))
+                    if (*path, k) not in _NOT_IDENTITY}
+        return node
+
+    return strip(json.loads(json.dumps(spec)), ())
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(identity(spec), sort_keys=True).encode()).hexdigest()
+
+
+def changed_fields(old: dict, new: dict) -> list[str]:
+    """Dotted paths where two identities differ, with the old and new values."""
+    out = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        elif a != b:
+            out.append(f"{path} ({json.dumps(a)} → {json.dumps(b)})")
+
+    walk(identity(old), identity(new), "")
+    return out
+
+
+def check_identity(store, sweep: Sweep) -> None:
+    """Refuse a sweep whose spec differs from the one recorded under its name."""
+    recorded = store.sweep(sweep.name)
+    if recorded is None or not isinstance(recorded.get("spec"), dict):
+        return
+    new = sweep.model_dump(mode="json")
+    if recorded.get("spec_hash") == spec_hash(new):
+        return
+    changes = changed_fields(recorded["spec"], new)
+    if changes:
+        shown = "; ".join(changes[:6]) + ("; …" if len(changes) > 6 else "")
+        raise SweepChanged(f"sweep {sweep.name!r} in {store!r} was recorded with a different spec: {shown}; "
+                           f"give the changed sweep a new name (e.g. --set name={sweep.name}-2), or run it "
+                           f"against another database (--storage)")
+
+
+# -- the preparation every launcher makes -----------------------------------------------------------
+
+
+def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True) -> tuple[Sweep, Path]:
+    """Everything that can be checked before a trial runs or a job is submitted, in this order:
+    absolute paths (trials run in other working directories, on other nodes), the dataset, the results
+    store (reachable, and this sweep's identity), then the sweep recorded in the store.
+    Returns the sweep with absolute paths and the absolute runs folder."""
+    from analysis.store import Store
+    from wconv import data
+
+    runs_dir = Path(runs_dir).expanduser().resolve()
+    if sweep.dataset.root is not None:
+        dataset = sweep.dataset.model_copy(update={"root": str(Path(sweep.dataset.root).expanduser().resolve())})
+        sweep = sweep.model_copy(update={"dataset": dataset})
+    check = {"verify": sweep.dataset.options["verify"]} if "verify" in sweep.dataset.options else {}
+    data.check(sweep.dataset.name, sweep.dataset.root, **check)
+    with Store(sweep.storage) as store:
+        check_identity(store, sweep)
+        if record:
+            spec = sweep.model_dump(mode="json")
+            store.record_sweep(sweep.name, task=sweep.task, metric=sweep.metric, mode=sweep.mode, spec=spec,
+                               spec_hash=spec_hash(spec))
+    return sweep, runs_dir
+
+
+def cell_finished(store, sweep: Sweep, cell: Cell, *, stage: str = "search") -> bool:
+    """A cell is finished when the store holds ``num_samples + 1`` terminal trials of it."""
+    return store.terminal_counts(sweep.name, stage=stage).get(cell.id, 0) >= trials_per_cell(sweep)

@@ -1,0 +1,65 @@
+"""The launcher interface that local runs and SLURM share (submitit's ``Executor`` is the model).
+
+A sweep becomes ``Task``s — one per (cell, worker) — each a picklable unit of work that runs from its
+arguments alone (``run_task``). A launcher ``submit``s tasks and returns handles; ``status`` and
+``cancel`` work on those handles. Everything before the last step (validation, ``prepare_sweep``,
+the task plan) is the same for every launcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
+
+from launch.spec import Cell, Sweep
+
+
+class ResourceError(Exception):
+    """The sweep asks for more CPUs or GPUs per trial than where it would run has."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One worker of one cell."""
+
+    sweep: Sweep
+    cell: Cell
+    worker: int
+    runs_dir: str
+    stage: str = "search"
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell.id}#{self.worker}"
+
+
+def plan_tasks(sweep: Sweep, runs_dir: Path | str, workers: Optional[int] = None) -> list[Task]:
+    """Every cell × worker of ``sweep``, cell-major (the array task order of a SLURM submission)."""
+    n = workers or sweep.workers
+    return [Task(sweep, cell, w, str(runs_dir)) for cell in sweep.cells() for w in range(n)]
+
+
+def run_task(task: Task, **options) -> bool:
+    """Run one task where this process is (a local run, a SLURM array task); True when its cell is finished.
+    ``options`` go to ``launch.runner.run_cell``."""
+    from launch.runner import run_cell
+
+    return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, **options)
+
+
+class Handle(Protocol):
+    """A submitted task: its job id and task, and its state as the launcher last saw it."""
+
+    job_id: str
+    task: Task
+
+    def state(self) -> str: ...
+
+
+class Launcher(Protocol):
+    def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[Handle]: ...
+
+    def status(self, handles: Sequence[Handle]) -> list[str]: ...
+
+    def cancel(self, handles: Sequence[Handle]) -> None: ...

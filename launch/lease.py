@@ -1,0 +1,163 @@
+"""Who runs a cell: a lease in the results store, held by one runner process and refreshed by a heartbeat.
+
+A runner is a ``wconv run`` process, or one SLURM array task (one of the cell's ``workers``). Two
+*independent* runs of one sweep never collide: the second finds the cell's lease held and refuses.
+Workers of one cell hold one lease each (``worker`` 0 … N−1) and share the cell's trials through
+``Store.locked`` (see ``launch/search.py``).
+
+A lease is taken over at once when its owner is provably gone, and otherwise only after its
+heartbeat has been silent for ``lease_timeout()`` seconds (default 300, env ``WCONV_LEASE_TIMEOUT_S``):
+- the same host, and the owner's pid no longer runs (or runs a different process, started later);
+- the same SLURM array task restarted after a requeue (its owner name is the job and task id).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+import psutil
+
+DEFAULT_LEASE_TIMEOUT_S = 300.0
+
+
+def lease_timeout() -> float:
+    return float(os.environ.get("WCONV_LEASE_TIMEOUT_S", DEFAULT_LEASE_TIMEOUT_S))
+
+
+class LeaseHeld(Exception):
+    """Another live runner holds the cell; the message is one line naming it and how to take over."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """This process, as a lease records it."""
+
+    owner: str
+    host: str
+    pid: int
+    process_started: float
+    slurm_job: Optional[str]
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+def this_process() -> Holder:
+    """The lease holder for this process: a SLURM array task by its job and task id (a requeued task
+    is the same holder), anything else by host, pid and start time."""
+    host, pid = socket.gethostname(), os.getpid()
+    started = psutil.Process(pid).create_time()
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        slurm = f"{job}_{task}" if task is not None and os.environ.get("SLURM_ARRAY_JOB_ID") else job
+        return Holder(f"slurm:{slurm}", host, pid, started, slurm)
+    return Holder(f"{host}:{pid}:{started:.2f}", host, pid, started, None)
+
+
+def silent_for(lease: dict) -> float:
+    beat = lease.get("heartbeat_at")
+    if beat is None:
+        return float("inf")
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - beat).total_seconds()
+
+
+def gone(lease: dict) -> bool:
+    """Whether the lease's owner can no longer be running (see the module docstring)."""
+    if silent_for(lease) > lease_timeout():
+        return True
+    if lease.get("host") != socket.gethostname() or lease.get("pid") is None:
+        return False
+    try:
+        started = psutil.Process(int(lease["pid"])).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return True
+    recorded = lease.get("process_started")
+    return recorded is not None and abs(started - float(recorded)) > 1.0
+
+
+def describe(lease: dict, sweep: str, cell: str) -> str:
+    """One line: who holds the cell, and how to take it over."""
+    where = f"pid {lease.get('pid')} on {lease.get('host')}"
+    if lease.get("slurm_job"):
+        where = f"SLURM job {lease['slurm_job']} ({where})"
+    return (f"sweep {sweep!r} cell {cell} is being run by {where}, heartbeat {silent_for(lease):.0f} s ago; "
+            f"wait for it to finish, stop it (a stopped run's lease is taken over at once on the same host), "
+            f"or run again once its heartbeat has been silent for {lease_timeout():.0f} s")
+
+
+class LeaseKeeper:
+    """The leases this process holds in one sweep, and the heartbeat that keeps them.
+
+    If the store says a lease was taken over (another runner judged this one gone), the process stops
+    at once rather than write on: no trial may run twice.
+    """
+
+    def __init__(self, store_url: str, sweep: str, holder: Optional[Holder] = None):
+        from analysis.store import Store
+
+        self.store_url, self.sweep = store_url, sweep
+        self.holder = holder or this_process()
+        self.store = Store(store_url)
+        self.held: set[tuple[str, int]] = set()
+        self.interval = max(0.5, min(30.0, lease_timeout() / 4))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def take(self, cell: str, worker: int = 0) -> None:
+        """Hold ``(cell, worker)`` or raise ``LeaseHeld`` naming its live owner."""
+        with self._lock:
+            current = self.store.take_lease(self.sweep, cell, worker, self.holder.row(), gone=gone)
+            if current is not None:
+                raise LeaseHeld(describe(current, self.sweep, cell))
+            self.held.add((cell, worker))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="wconv-lease-heartbeat", daemon=True)
+            self._thread.start()
+
+    def release(self, cell: str) -> None:
+        with self._lock:
+            self.held = {h for h in self.held if h[0] != cell}
+            self.store.release_lease(self.sweep, cell, self.holder.owner)
+
+    def release_all(self) -> None:
+        for cell in {c for c, _ in self.held}:
+            self.release(cell)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.store.close()
+
+    def __enter__(self) -> "LeaseKeeper":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release_all()
+        self.close()
+
+    def _beat(self) -> None:
+        from analysis.store import StoreError
+
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                expected = len(self.held)
+                try:
+                    held = self.store.heartbeat(self.sweep, self.holder.owner)
+                except StoreError as e:  # a database hiccup: try again at the next beat
+                    print(f"wconv: lease heartbeat failed ({e}); retrying", file=sys.stderr, flush=True)
+                    continue
+            if held < expected and not self._stop.is_set():
+                print(f"wconv: a lease of this runner on sweep {self.sweep!r} was taken over by another runner; "
+                      "stopping so that no trial runs twice", file=sys.stderr, flush=True)
+                os._exit(3)

@@ -1,0 +1,305 @@
+"""Run one cell on a Ray local cluster: what a ``wconv run`` process and a SLURM array task both do.
+
+``run_cell(sweep, cell, runs_dir, worker=…)`` needs nothing but picklable arguments: it takes the
+cell's lease, reads the cell's state from the results store (through ``CellSearch``), runs trials
+until the cell needs nothing more from this worker, and writes every trial through ``StoreCallback``.
+Console progress is a separate callback.
+
+Ray is started from the allocation, not the machine (``allocation``): inside SLURM the CPUs of the
+task and the GPUs in ``CUDA_VISIBLE_DEVICES``, a private cluster with its own short temp dir (Unix
+socket paths must stay under 107 bytes) and an explicit object store, never another job's Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+import ray
+from ray import tune
+
+from analysis.store import TERMINAL, Store
+from launch.cell import (alpha_of, cell_dir, cell_finished, is_baseline, record_fields, trial_config, trial_id,
+                         trial_key, trials_per_cell)
+from launch.launcher import ResourceError
+from launch.lease import LeaseKeeper
+from launch.search import CellSearch, make_scheduler, outcome
+from launch.spec import Cell, Sweep
+from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, METRIC_SETTINGS, REASON, REPLAY, STATUS,
+                         WALL_TIME_S)
+
+OBJECT_STORE_BYTES = 200 * 1024**2  # trials exchange metrics, not tensors
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What this process may use: CPUs and GPUs, and whether SLURM gave them."""
+
+    cpus: int
+    gpus: Optional[int]
+    """None: let Ray detect them (outside SLURM, without CUDA_VISIBLE_DEVICES)."""
+    slurm: bool
+
+
+def allocation(num_cpus: Optional[int] = None) -> Allocation:
+    """The CPUs of this task (SLURM_CPUS_PER_TASK, else the CPU affinity), the GPUs it was given."""
+    slurm = "SLURM_JOB_ID" in os.environ
+    cpus = num_cpus or int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or len(os.sched_getaffinity(0))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = None
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    elif slurm:
+        gpus = 0
+    return Allocation(cpus, gpus, slurm)
+
+
+def _quiet_ray_environment() -> None:
+    """Ray 2.6x defaults that hurt on laptops and compute nodes; each may still be set by the user."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth token written to ~/.ray
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the results store is our logger
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # A failed trial's last report has no validation metric; the searcher and scheduler handle that.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+
+def start_ray(num_cpus: Optional[int] = None) -> Allocation:
+    """Join the cluster in ``RAY_ADDRESS`` (outside SLURM), or start a private, quiet local one sized to
+    this process's allocation."""
+    _quiet_ray_environment()
+    # Result files are not written (the store is the logger), so Tune's result grid would warn per trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    alloc = allocation(num_cpus)
+    if ray.is_initialized():
+        return alloc
+    if os.environ.get("RAY_ADDRESS") and not alloc.slurm:
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
+        return alloc
+    job = os.environ.get("SLURM_JOB_ID")
+    temp = Path(tempfile.gettempdir()) / f"wr-{job or os.getpid()}"  # short: Ray's socket paths ≤ 107 bytes
+    ray.init(address="local", num_cpus=alloc.cpus, num_gpus=alloc.gpus, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES,
+             _temp_dir=str(temp),
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYTHONWARNINGS")}})
+    return alloc
+
+
+def slots(sweep: Sweep) -> int:
+    """Trials that fit at once on the Ray cluster (every slot is filled; no more trials are claimed
+    than can run, so workers of one cell share its trials fairly)."""
+    have = ray.cluster_resources()
+    res = sweep.resources
+    fit = int(have.get("CPU", 0) // res.cpus_per_trial)
+    if res.gpus_per_trial > 0:
+        fit = min(fit, int(round(have.get("GPU", 0) / res.gpus_per_trial, 6)))
+    if sweep.search.max_concurrent:
+        fit = min(fit, sweep.search.max_concurrent)
+    return max(fit, 1)
+
+
+def check_allocation(sweep: Sweep, alloc: Allocation) -> None:
+    """Before Ray starts: a trial asking for more than this allocation has would wait forever."""
+    gpus = alloc.gpus
+    if gpus is None and sweep.resources.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    _check(sweep, {"CPU": alloc.cpus, "GPU": gpus or 0}, "this machine" if not alloc.slurm else "this SLURM task")
+
+
+def check_resources(sweep: Sweep) -> None:
+    """After joining a Ray cluster: the same check against what the cluster has."""
+    _check(sweep, ray.cluster_resources(), "the Ray cluster")
+
+
+def _check(sweep: Sweep, have: dict, where: str) -> None:
+    for key, need in (("CPU", sweep.resources.cpus_per_trial), ("GPU", sweep.resources.gpus_per_trial)):
+        if need > have.get(key, 0):
+            field = "cpus_per_trial" if key == "CPU" else "gpus_per_trial"
+            raise ResourceError(f"resources.{field}: each trial asks for {need:g} {key}(s) but {where} has "
+                                f"{have.get(key, 0):g}; lower it (e.g. --set resources.{field}="
+                                f"{0 if key == 'GPU' else 1}) or run where the resources are")
+
+
+def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: str) -> None:
+    """Ray Tune function trainable: one trial, checkpointed every epoch by ``run_trial`` in its own folder.
+
+    The folder is named by the trial's α, so a trial interrupted in one run (a kill, a requeue,
+    another node of a shared filesystem) continues from its last epoch in the next. Tune's own
+    checkpoints are not used: they race with its experiment snapshots, and the store is the truth.
+    """
+    import torch
+
+    from wconv.train import run_trial
+
+    torch.set_num_threads(max(1, int(cpus)))
+    alpha = alpha_of(config, cell)
+
+    def report(metrics: dict, directory: Path) -> None:
+        tune.report(metrics)  # ray.train.report fails inside Tune; tune.report is the function-trainable API
+
+    run_trial(trial_config(sweep, cell, alpha), report, Path(trials_dir) / trial_key(alpha))
+
+
+def _epoch_metrics(result: dict) -> dict:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (k.startswith(("val_", "train_")) or k in ("lr", WALL_TIME_S))}
+
+
+def _error_line(trial) -> str:
+    text = getattr(trial, "error_msg", None) or ""
+    if not text and getattr(trial, "error_file", None):
+        try:
+            text = Path(trial.error_file).read_text()
+        except OSError:
+            text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "the trial raised an error (see Ray's logs)"
+
+
+class StoreCallback(tune.Callback):
+    """Tune callback, run in the driver, that writes every trial to the results store, fenced by this
+    runner's ownership of the trial (a runner that lost its lease writes nothing)."""
+
+    def __init__(self, sweep: Sweep, cell: Cell, trials_dir: Path, owner: str, stage: str = "search"):
+        self.sweep, self.cell, self.trials_dir, self.owner, self.stage = sweep, cell, trials_dir, owner, stage
+        self.store = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "store"}  # Tune pickles callbacks
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, store=None)
+
+    def _record(self, trial, **fields) -> None:
+        if self.store is None:
+            self.store = Store(self.sweep.storage)
+        alpha = alpha_of(trial.config, self.cell)
+        self.store.record_trial(self.sweep.name, trial_id(self.cell, alpha), owner=self.owner, stage=self.stage,
+                                **record_fields(self.cell, alpha), **fields)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        alpha = alpha_of(trial.config, self.cell)
+        self._record(trial, status="running", checkpoint=str(self.trials_dir / trial_key(alpha)))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.store is None:
+            self.store = Store(self.sweep.storage)
+        tid = trial_id(self.cell, alpha_of(trial.config, self.cell))
+        epochs = {int(m[EPOCH]): _epoch_metrics(m) for m in [*result.get(REPLAY, []), result]}
+        self.store.record_epochs(self.sweep.name, tid, epochs)
+        if not result.get(FINISHED):
+            self._record(trial, status="running", epochs_run=int(result[EPOCH]), host=result.get(HOST),
+                         device=result.get(DEVICE), wall_time_s=result.get(WALL_TIME_S))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        status = outcome(last, error=False)
+        common = dict(epochs_run=int(last.get(EPOCH, 0)), wall_time_s=last.get(WALL_TIME_S),
+                      host=last.get(HOST), device=last.get(DEVICE))
+        if status == "stopped":
+            partial = {k: v for k, v in last.items() if k.startswith("val_")}
+            self._record(trial, status="stopped", reason=f"stopped by ASHA after {common['epochs_run']} epoch(s)",
+                         metrics=partial, **common)
+        else:
+            self._record(trial, status=status, reason=last.get(REASON), metrics=last.get(FINAL),
+                         metric_settings=last.get(METRIC_SETTINGS), **common)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, status="failed", reason=_error_line(trial))
+
+
+class ProgressCallback(tune.Callback):
+    """One console line per finished trial: the cell's trials done out of its total, and its best so far
+    (from the store, so trials finished by other workers and earlier runs count)."""
+
+    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: Optional[TextIO] = None, stage: str = "search"):
+        self.sweep, self.cell, self.position, self.stage = sweep, cell, position, stage
+        self.out = out
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "out"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, out=None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.show()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.show()
+
+    def show(self) -> None:
+        with Store(self.sweep.storage) as store:
+            rows = store.trials(sweep=self.sweep.name, cell=self.cell.id, stage=self.stage)
+        done = rows[rows["status"].isin(TERMINAL)] if not rows.empty else rows
+        best, best_alpha = None, None
+        for _, row in done.iterrows():
+            value = (row["metrics"] or {}).get(self.sweep.metric) if row["status"] == "completed" else None
+            if value is not None and not row["baseline"] and (
+                    best is None or (value > best if self.sweep.mode == "max" else value < best)):
+                best, best_alpha = value, row["alpha"]
+        shown = (f"best {self.sweep.metric} {best:.4g} at α=({', '.join(f'{a:.3f}' for a in best_alpha)})"
+                 if best is not None else "no best yet")
+        print(f"[{self.position} {self.cell.id}] trials {len(done)}/{trials_per_cell(self.sweep)} done · {shown}",
+              file=self.out or sys.stdout, flush=True)
+
+
+def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
+             leases: Optional[LeaseKeeper] = None, position: str = "cell", out: Optional[TextIO] = None,
+             num_cpus: Optional[int] = None, callbacks: Sequence = ()) -> bool:
+    """Run what one cell still needs from this worker; True when the cell is finished.
+
+    ``sweep`` must have been through ``launch.cell.prepare_sweep`` (absolute paths, recorded). Takes
+    the lease ``(cell, worker)`` first (``LeaseHeld`` if a live runner has it) and gives it back at the
+    end, also when interrupted, so that the next run takes over at once. ``callbacks``: more Tune
+    callbacks (instrumentation, e.g. the orchestration benchmark's clock).
+    """
+    own = leases is None
+    leases = leases or LeaseKeeper(sweep.storage, sweep.name)
+    try:
+        leases.take(cell.id, worker)
+        with Store(sweep.storage) as store:
+            if cell_finished(store, sweep, cell):
+                return True
+        start_ray(num_cpus)
+        check_resources(sweep)
+        directory = cell_dir(runs_dir, sweep, cell)
+        trials_dir = directory / "trials"
+        shutil.rmtree(directory / f"tune-{worker}", ignore_errors=True)  # Tune's state is never restored
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, sweep=sweep, cell=cell, cpus=sweep.resources.cpus_per_trial,
+                                 trials_dir=str(trials_dir)),
+            {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
+                                        search_alg=CellSearch(sweep, cell, Path(runs_dir), leases.holder),
+                                        scheduler=make_scheduler(sweep),
+                                        num_samples=-1,  # the searcher says when the cell is done
+                                        max_concurrent_trials=slots(sweep),
+                                        # One worker per slot for the whole cell: a new worker per trial
+                                        # (Tune's default) idles each slot ~5 s per hand-over.
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=f"tune-{worker}", storage_path=str(directory), verbose=0,
+                                      callbacks=[StoreCallback(sweep, cell, trials_dir, leases.holder.owner),
+                                                 ProgressCallback(sweep, cell, position, out), *callbacks]),
+        )
+        tuner.fit()
+        with Store(sweep.storage) as store:
+            return cell_finished(store, sweep, cell)
+    finally:
+        leases.release(cell.id)
+        if own:
+            leases.close()
