@@ -1,9 +1,11 @@
 # `make demo` and `make test` work on a fresh machine: they create .venv on first use.
+# `make test` also installs the Debian packages its integration tests run for real (PostgreSQL, the SLURM
+# daemons, Chromium) when any is missing; `make demo` needs none of them.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system-packages demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +15,16 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+system-packages:
+	scripts/system-packages.sh
+
 demo: setup
 	$(BIN)/wconv run sweeps/smoke.yaml
 	$(BIN)/wconv run sweeps/smoke_denoise.yaml
 	$(BIN)/wconv best --sweep smoke
 	$(BIN)/wconv best --sweep smoke_denoise
 
-test: setup
+test: setup system-packages
 	$(BIN)/python -m pytest -q
 
 bench: setup
