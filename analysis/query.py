@@ -1,146 +1,382 @@
-"""Questions asked of the results store: which α did best in each cell, and by how much it beat α = 1."""
+"""Questions asked of the results: which α did best, by how much it beat α = 1, and whether that survived fresh seeds.
+
+Two views of the search (``best_alpha(..., by=)``):
+
+- ``"cell"``: per search cell (model × kernel size × seed), the α that did best on that seed. This is
+  what one search finds, and it is biased upward: the α is chosen on the very runs it is scored on.
+- ``"model"``: per (sweep, model, kernel size), the α whose paired difference against α = 1 on the
+  same seed is best on average over the search seeds, with a bootstrap CI. With one seed it is the
+  per-cell answer. Its CI still comes from the runs the α was chosen on, so it is optimistic too.
+
+The unbiased answer is the confirmation (``confirmation``): the chosen α and α = 1 retrained on
+fresh seeds, compared seed by seed on the *test* counterpart of the sweep's metric (the α was
+chosen on validation data). Until that has run on at least two seeds, the verdict is "unconfirmed".
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
+from dataclasses import dataclass
 from numbers import Number
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
+from analysis.frames import Frames, load
+from analysis.stats import UNCONFIRMED, InitScaleShare, PairedComparison, compare_paired, init_scale_share
 from analysis.store import Store
 
-BEST_ALPHA_COLUMNS = [
+SEARCH, CONFIRM = "search", "confirm"
+ARM_ALPHA, ARM_BASELINE, ARM_CONTROL = "alpha", "baseline", "init-scale"
+"""Confirmation arms: the chosen α, α = 1, and α = 1 with the initial weights scaled like α's."""
+
+CELL_COLUMNS = [
     "sweep", "cell", "model", "kernel_size", "seed", "metric", "mode",
     "best_alpha", "best_value", "best_trial", "other_metrics",
     "baseline_value", "difference", "improvement",
-    "n_trials", "n_completed", "n_stopped", "n_failed", "n_running",
+    "n_trials", "n_completed", "n_stopped", "n_failed", "n_running", "verdict",
 ]  # fmt: skip
+MODEL_COLUMNS = [
+    "sweep", "model", "kernel_size", "metric", "mode",
+    "best_alpha", "n_seeds", "seeds", "best_value", "baseline_value", "difference", "improvement",
+    "ci_low", "ci_high", "best_trials", "baseline_trials",
+    "verdict", "confirm_alpha", "confirm_metric", "confirm_seeds", "confirm_alpha_mean", "confirm_alpha_std",
+    "confirm_baseline_mean", "confirm_baseline_std", "confirm_difference", "confirm_ci_low", "confirm_ci_high",
+    "confirm_p", "init_scale_explained",
+]  # fmt: skip
+"""``difference``/``ci_*`` are best − baseline in metric units; ``improvement`` is signed so positive is better."""
 
-# The compact view `format_table(..., "table")` shows of a best_alpha frame; json/csv carry every column.
-_TABLE_COLUMNS = [
-    "sweep", "cell", "metric", "mode", "best_alpha", "best_value", "baseline_value", "improvement",
-    "n_completed", "n_stopped", "n_failed", "n_trials",
-]  # fmt: skip
-_TABLE_HEADERS = {
-    "best_alpha": "best α", "best_value": "best", "baseline_value": "baseline (α = 1)",
-    "n_completed": "completed", "n_stopped": "stopped", "n_failed": "failed", "n_trials": "trials",
+# The compact view `format_table(..., "table")` shows; json and csv carry every column.
+_TABLE_COLUMNS = {
+    "cell": ["sweep", "cell", "metric", "best_alpha", "best_value", "baseline_value", "improvement",
+             "n_completed", "n_stopped", "n_failed", "n_trials", "verdict"],
+    "model": ["sweep", "model", "kernel_size", "metric", "best_alpha", "n_seeds", "best_value", "baseline_value",
+              "improvement", "ci", "verdict", "confirm_difference", "confirm_ci", "confirm_p"],
 }  # fmt: skip
-_SIGNED = {"difference", "improvement"}
+_TABLE_HEADERS = {
+    "kernel_size": "kernel", "best_alpha": "best α", "n_seeds": "seeds", "best_value": "best",
+    "baseline_value": "α = 1", "n_completed": "completed", "n_stopped": "stopped", "n_failed": "failed",
+    "n_trials": "trials", "ci": "95% CI (search)", "confirm_difference": "confirmed Δ",
+    "confirm_ci": "95% CI (confirm)", "confirm_p": "p (paired t)",
+}  # fmt: skip
+_SIGNED = {"difference", "improvement", "confirm_difference", "ci", "confirm_ci"}
 
 
 def best_alpha(
-    store: Store, sweep: str | None = None, model: str | None = None, kernel: int | None = None
+    source: Store | Frames | str,
+    sweep: str | None = None,
+    model: str | None = None,
+    kernel: int | None = None,
+    *,
+    by: str = "cell",
 ) -> pd.DataFrame:
-    """One row per cell (sweep × model × kernel size × seed): the best α against the cell's α = 1 baseline.
+    """The best α of each search cell (``by="cell"``, ``CELL_COLUMNS``) or of each (sweep, model, kernel
+    size) across seeds (``by="model"``, ``MODEL_COLUMNS``), with the confirmation verdict beside it.
 
-    The value of a trial is its final ``metrics[<sweep's metric>]``, better by the sweep's mode.
-    The best is chosen among *completed*, non-baseline trials with a finite value only: trials
-    the scheduler stopped (ASHA) reported metrics after fewer epochs, so they are not comparable,
-    and failed trials have none. A cell without such a trial gets no best (``best_alpha``,
-    ``best_value`` and the differences are None) rather than a partial-training number; its
-    counts still show what happened. ``baseline_value`` is the completed baseline trial's value
-    (the most recently updated one if there are several), None until it has finished.
-    ``difference`` is best − baseline as is; ``improvement`` is the same signed so that
-    positive means better under the mode. ``n_trials`` counts every trial of the cell, the
-    baseline included; the ``n_<status>`` columns split it by status.
+    ``source`` is a results database URL, an open ``Store`` or loaded ``Frames``. A sweep, model or
+    kernel size that is not in the results raises ``ResultsError`` listing what is.
+
+    The value of a trial is its final ``<sweep's metric>``, better by the sweep's mode. Only
+    *completed* trials with a finite value take part: trials the scheduler stopped (ASHA) reported
+    after fewer epochs, failed ones have none. A cell without such a non-baseline trial gets no best
+    (None) rather than a partial-training number; its counts still show what happened.
     """
-    trials = store.trials(sweep=sweep, model=model, kernel=kernel)
-    if trials.empty:
-        return pd.DataFrame(columns=BEST_ALPHA_COLUMNS)
-    sweeps = {row["name"]: row for _, row in store.sweeps().iterrows()}
+    if by not in ("cell", "model"):
+        raise ValueError(f"by must be 'cell' or 'model', got {by!r}")
+    frames = source if isinstance(source, Frames) else load(source)
+    frames = frames.select(sweep, model, kernel)
+    rows = _by_cell(frames) if by == "cell" else _by_model(frames)
+    columns = CELL_COLUMNS if by == "cell" else MODEL_COLUMNS
+    df = pd.DataFrame(rows, columns=columns)
+    order = ["sweep", "model", "kernel_size", "seed", "cell"] if by == "cell" else ["sweep", "model", "kernel_size"]
+    df = df.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
+    return df.astype(object).where(df.notna(), None)
+
+
+def trial_values(trials: pd.DataFrame, metric: str | None) -> pd.Series:
+    """Each trial's ``metric`` as a float, NaN where it is missing or not finite."""
+    if metric is None or metric not in trials.columns:
+        return pd.Series(np.nan, index=trials.index, dtype=float)
+    values = pd.to_numeric(trials[metric], errors="coerce").astype(float)
+    return values.where(np.isfinite(values))
+
+
+def search_trials(frames: Frames) -> pd.DataFrame:
+    return frames.trials[frames.trials["stage"] == SEARCH]
+
+
+def _sweep_settings(frames: Frames, sweep: str) -> tuple[str | None, str | None]:
+    rows = frames.sweeps[frames.sweeps["name"] == sweep]
+    if rows.empty:  # trials written before their sweep row (a partly written database)
+        return None, None
+    return rows.iloc[0]["metric"], rows.iloc[0]["mode"]
+
+
+def _by_cell(frames: Frames) -> list[dict]:
+    trials = search_trials(frames)
     rows = []
-    for (sweep_name, cell), group in trials.groupby(["sweep", "cell"], sort=False, dropna=False):
-        info = sweeps.get(sweep_name)
-        metric = None if info is None else info["metric"]
-        mode = None if info is None else info["mode"]
-        values = group["metrics"].map(lambda m: _value(m, metric))
+    for (sweep, cell), group in trials.groupby(["sweep", "cell"], sort=False):
+        metric, mode = _sweep_settings(frames, sweep)
+        values = trial_values(group, metric)
         finished = (group["status"] == "completed") & values.notna()
         is_baseline = group["baseline"].fillna(False).astype(bool)
 
         best = None
-        candidates = group[finished & ~is_baseline]
+        candidates = values[finished & ~is_baseline]
         if mode in ("min", "max") and not candidates.empty:
-            scores = values[candidates.index].astype(float)
-            best = candidates.loc[scores.idxmin() if mode == "min" else scores.idxmax()]
-
+            best = group.loc[candidates.idxmin() if mode == "min" else candidates.idxmax()]
         baselines = group[finished & is_baseline].sort_values("updated_at")
         baseline_value = None if baselines.empty else values[baselines.index[-1]]
         best_value = None if best is None else values[best.name]
-        difference = None
-        improvement = None
+        difference = improvement = None
         if best_value is not None and baseline_value is not None:
             difference = best_value - baseline_value
             improvement = difference if mode == "max" else -difference
 
         first = group.iloc[0]
         status = group["status"]
-        rows.append(
-            dict(
-                sweep=sweep_name,
-                cell=cell,
-                model=first["model"],
-                kernel_size=_plain(first["kernel_size"]),
-                seed=_plain(first["seed"]),
-                metric=metric,
-                mode=mode,
-                best_alpha=None if best is None else best["alpha"],
-                best_value=best_value,
-                best_trial=None if best is None else best["trial_id"],
-                other_metrics=None if best is None else {k: v for k, v in best["metrics"].items() if k != metric},
-                baseline_value=baseline_value,
-                difference=difference,
-                improvement=improvement,
-                n_trials=len(group),
-                n_completed=int((status == "completed").sum()),
-                n_stopped=int((status == "stopped").sum()),
-                n_failed=int((status == "failed").sum()),
-                n_running=int((status == "running").sum()),
-            )
-        )
-    df = pd.DataFrame(rows, columns=BEST_ALPHA_COLUMNS)
-    df = df.sort_values(["sweep", "model", "kernel_size", "seed", "cell"], na_position="last", kind="stable")
-    df = df.reset_index(drop=True)
-    return df.astype(object).where(df.notna(), None)
+        confirm = confirmation(frames, sweep, first["model"], int(first["kernel_size"]))
+        rows.append(dict(
+            sweep=sweep, cell=cell, model=first["model"], kernel_size=_plain(first["kernel_size"]),
+            seed=_plain(first["seed"]), metric=metric, mode=mode,
+            best_alpha=None if best is None else _plain(best["alpha"]),
+            best_value=best_value,
+            best_trial=None if best is None else best["trial_id"],
+            other_metrics=None if best is None else _scalar_metrics(frames, best, exclude=metric),
+            baseline_value=baseline_value, difference=difference, improvement=improvement,
+            n_trials=len(group),
+            n_completed=int((status == "completed").sum()), n_stopped=int((status == "stopped").sum()),
+            n_failed=int((status == "failed").sum()), n_running=int((status == "running").sum()),
+            verdict=UNCONFIRMED if confirm is None else confirm.verdict,
+        ))  # fmt: skip
+    return rows
 
 
-def _value(metrics: Any, metric: str | None) -> float | None:
-    """The metric as a finite float, or None (absent, non-numeric, NaN or infinite)."""
-    if not isinstance(metrics, dict) or metric is None:
+def _scalar_metrics(frames: Frames, trial: pd.Series, exclude: str | None) -> dict:
+    """The trial's other numeric metrics (the confusion matrix stays out of a one-line answer)."""
+    skip = {"sweep", "trial_id", "cell", "model", "kernel_size", "alpha", "alpha_1", "alpha_2", "seed", "baseline",
+            "status", "reason", "epochs_run", "metric_settings", "wall_time_s", "host", "device", "stage", "arm",
+            "checkpoint", "owner", "started_at", "updated_at", exclude}
+    return {k: _plain(v) for k, v in trial.items()
+            if k not in skip and isinstance(_plain(v), Number) and not isinstance(v, bool)}
+
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    """The α a multi-seed search points to, and the paired evidence for it on the search seeds."""
+
+    alpha: list[float]
+    seeds: list[int]
+    values: list[float]
+    baselines: list[float] | None
+    """α = 1 on the same seeds, or None when no seed has a finished baseline."""
+    trials: list[str]
+    baseline_trials: list[str]
+
+
+def choose_alpha(group: pd.DataFrame, metric: str | None, mode: str | None) -> AlphaChoice | None:
+    """Among the α values tried in the search trials ``group`` of one (model, kernel size), the one whose
+    improvement over α = 1 *on the same seed* is best on average.
+
+    Only α values run on the most seeds compete (an α seen on one lucky seed does not beat one seen on
+    all of them); only seeds where α = 1 finished count, unless none did (then the best mean value wins).
+    With one seed this is the per-cell best.
+    """
+    if mode not in ("min", "max"):
         return None
-    value = metrics.get(metric)
-    if isinstance(value, bool) or not isinstance(value, Number):
+    sign = 1.0 if mode == "max" else -1.0
+    values = trial_values(group, metric)
+    done = group[(group["status"] == "completed") & values.notna()].assign(value=values)
+    done = done.sort_values("updated_at")
+    is_baseline = done["baseline"].fillna(False).astype(bool)
+    baselines = done[is_baseline].groupby("seed").last()
+    tried = done[~is_baseline].assign(key=lambda d: d["alpha"].map(_alpha_key))
+    if tried.empty:
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    tried = tried.groupby(["key", "seed"], sort=True).last().reset_index()
+    if not baselines.empty:
+        paired = tried[tried["seed"].isin(baselines.index)]
+        tried = paired if not paired.empty else tried
+    coverage = tried.groupby("key")["seed"].nunique()
+    widest = coverage[coverage == coverage.max()].index
+    scores = {}
+    for key in widest:
+        runs = tried[tried["key"] == key]
+        reference = baselines["value"].reindex(runs["seed"]).to_numpy() if not baselines.empty else 0.0
+        scores[key] = float(np.nanmean(sign * (runs["value"].to_numpy() - reference)))
+    best_key = max(scores, key=lambda k: (scores[k], -widest.get_loc(k)))
+    runs = tried[tried["key"] == best_key].sort_values("seed")
+    seeds = [int(s) for s in runs["seed"]]
+    has_baseline = not baselines.empty and set(seeds) <= set(baselines.index)
+    return AlphaChoice(
+        alpha=[float(a) for a in runs.iloc[0]["alpha"]],
+        seeds=seeds,
+        values=[float(v) for v in runs["value"]],
+        baselines=[float(baselines.loc[s, "value"]) for s in seeds] if has_baseline else None,
+        trials=list(runs["trial_id"]),
+        baseline_trials=[baselines.loc[s, "trial_id"] for s in seeds] if has_baseline else [],
+    )
+
+
+def _by_model(frames: Frames) -> list[dict]:
+    trials = search_trials(frames)
+    rows = []
+    for (sweep, model, kernel), group in trials.groupby(["sweep", "model", "kernel_size"], sort=False):
+        metric, mode = _sweep_settings(frames, sweep)
+        choice = choose_alpha(group, metric, mode)
+        row: dict[str, Any] = dict(sweep=sweep, model=model, kernel_size=int(kernel), metric=metric, mode=mode,
+                                   n_seeds=int(group["seed"].nunique()))
+        if choice is not None:
+            row.update(best_alpha=choice.alpha, seeds=choice.seeds, best_value=float(np.mean(choice.values)),
+                       best_trials=choice.trials, baseline_trials=choice.baseline_trials)
+            if choice.baselines is not None:
+                row["baseline_value"] = float(np.mean(choice.baselines))
+                row["difference"] = row["best_value"] - row["baseline_value"]
+                row["improvement"] = row["difference"] if mode == "max" else -row["difference"]
+                if len(choice.seeds) >= 2:
+                    search = compare_paired(choice.values, choice.baselines, mode)
+                    row.update(ci_low=search.ci_low, ci_high=search.ci_high)
+        confirm = confirmation(frames, sweep, model, int(kernel))
+        row["verdict"] = UNCONFIRMED if confirm is None else confirm.verdict
+        if confirm is not None:
+            row.update(confirm_alpha=confirm.alpha, confirm_metric=confirm.metric, confirm_seeds=confirm.seeds)
+            if confirm.comparison is not None:
+                c = confirm.comparison
+                row.update(confirm_alpha_mean=c.mean_a, confirm_alpha_std=c.std_a, confirm_baseline_mean=c.mean_b,
+                           confirm_baseline_std=c.std_b, confirm_difference=c.difference, confirm_ci_low=c.ci_low,
+                           confirm_ci_high=c.ci_high, confirm_p=c.p_value)
+            if confirm.control is not None:
+                row["init_scale_explained"] = confirm.control.explained
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The confirmation runs of one (sweep, model, kernel size): per seed, each arm's value of ``metric``."""
+
+    sweep: str
+    model: str
+    kernel_size: int
+    alpha: list[float]
+    metric: str
+    mode: str
+    values: pd.DataFrame
+    """Index: seed; columns: the arms (``ARM_ALPHA``, ``ARM_BASELINE``, ``ARM_CONTROL`` when run); NaN where
+    that arm has not completed on that seed."""
+    planned_seeds: int
+    """Seeds with a confirmation trial of this α recorded, finished or not."""
+    comparison: PairedComparison | None
+    """α against α = 1 on the seeds where both completed; None with fewer than two such seeds."""
+    control: InitScaleShare | None
+    """The init-scale control's share of the gain, on the seeds where all three arms completed."""
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.values.dropna(subset=[ARM_ALPHA, ARM_BASELINE]).index]
+
+    @property
+    def verdict(self) -> str:
+        return UNCONFIRMED if self.comparison is None else self.comparison.verdict
+
+
+def confirm_metric(metric: str, available: Sequence[str]) -> str:
+    """The test counterpart of a validation metric (``val_psnr`` → ``test_psnr``) when trials report it."""
+    if metric.startswith("val_") and f"test_{metric[4:]}" in available:
+        return f"test_{metric[4:]}"
+    return metric
+
+
+def confirmation(frames: Frames, sweep: str, model: str, kernel: int) -> Confirmation | None:
+    """The confirmation of (sweep, model, kernel size), or None if no confirmation trial was recorded."""
+    trials = frames.trials
+    mine = trials[(trials["stage"] == CONFIRM) & (trials["sweep"] == sweep) & (trials["model"] == model)
+                  & (trials["kernel_size"] == kernel)]
+    metric, mode = _sweep_settings(frames, sweep)
+    if mine.empty or metric is None:
+        return None
+    alpha_arm = mine[mine["arm"] == ARM_ALPHA].sort_values("updated_at")
+    if alpha_arm.empty:
+        return None
+    alpha = [float(a) for a in alpha_arm.iloc[-1]["alpha"]]  # the latest α confirmed, if ever re-planned
+    seeds = set(alpha_arm[alpha_arm["alpha"].map(_alpha_key) == _alpha_key(alpha)]["seed"])
+    mine = mine[mine["seed"].isin(seeds)]
+    metric = confirm_metric(metric, list(trials.columns))
+    values = trial_values(mine, metric)
+    done = mine[(mine["status"] == "completed") & values.notna()].assign(value=values).sort_values("updated_at")
+    arms = [ARM_ALPHA, ARM_BASELINE] + ([ARM_CONTROL] if (mine["arm"] == ARM_CONTROL).any() else [])
+    table = pd.DataFrame(np.nan, index=pd.Index(sorted(int(s) for s in seeds), name="seed"), columns=arms)
+    for (seed, arm), value in done.groupby(["seed", "arm"])["value"].last().items():
+        if arm in arms:
+            table.loc[int(seed), arm] = value
+    paired = table.dropna(subset=[ARM_ALPHA, ARM_BASELINE])
+    comparison = control = None
+    if len(paired) >= 2:
+        comparison = compare_paired(paired[ARM_ALPHA], paired[ARM_BASELINE], mode)
+    if ARM_CONTROL in table.columns:
+        triple = table.dropna()
+        if len(triple) >= 2:
+            control = init_scale_share(triple[ARM_ALPHA], triple[ARM_BASELINE], triple[ARM_CONTROL], mode)
+    return Confirmation(sweep=sweep, model=model, kernel_size=int(kernel), alpha=alpha, metric=metric, mode=mode,
+                        values=table, planned_seeds=len(seeds), comparison=comparison, control=control)
+
+
+def _alpha_key(alpha: Any) -> tuple[float, ...]:
+    """α as a hashable key; trials of the same α on different seeds match despite float noise in storage."""
+    return tuple(round(float(a), 9) for a in (alpha or ()))
+
+
+def format_alpha(alpha: Sequence[float] | None) -> str:
+    """``0.80`` for one free coefficient, ``(0.10, 0.90)`` for two; "-" for none."""
+    if alpha is None or len(alpha) == 0:
+        return "-"
+    if len(alpha) == 1:
+        return f"{alpha[0]:.2f}"
+    return "(" + ", ".join(f"{a:.2f}" for a in alpha) + ")"
 
 
 def format_table(df: pd.DataFrame, fmt: str = "table", *, columns: Sequence[str] | None = None) -> str:
-    """Render a frame as a fixed-width ``table``, ``json`` (a list of records) or ``csv``.
+    """Render a ``best_alpha`` frame as a terminal ``table`` (pandas ``to_markdown``, tabulate's "simple"
+    layout), ``json`` (a list of records) or ``csv``.
 
-    In the table α is shown as ``0.80`` (one free coefficient) or ``(0.10, 0.90)``; a
-    ``best_alpha`` frame is shown compactly (see ``_TABLE_COLUMNS``) unless ``columns`` is given.
-    json and csv carry every column; in csv, lists and dicts are JSON text.
+    The table is the compact view (``_TABLE_COLUMNS``) unless ``columns`` is given: α as ``0.80`` or
+    ``(0.10, 0.90)``, CIs as ``[low, high]``. json and csv carry every column; in csv, lists and dicts are
+    JSON text.
     """
     if fmt not in ("table", "json", "csv"):
         raise ValueError(f"format must be 'table', 'json' or 'csv', got {fmt!r}")
-    if columns is None:
-        compact = fmt == "table" and set(_TABLE_COLUMNS) <= set(df.columns)
-        columns = _TABLE_COLUMNS if compact else list(df.columns)
-    records = [{c: _plain(row[c]) for c in columns} for _, row in df.iterrows()]
+    plain = df.map(_plain) if not df.empty else df
     if fmt == "json":
-        return "[\n" + ",\n".join(json.dumps(r) for r in records) + ("\n]\n" if records else "]\n")
+        return plain.to_json(orient="records", indent=1, force_ascii=False) + "\n"
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for record in records:
-            writer.writerow([_csv_field(v) for v in record.values()])
-        return out.getvalue()
-    return _fixed_width(records, list(columns))
+        return plain.map(_csv_field).to_csv(index=False, lineterminator="\n") if not df.empty else (
+            df.to_csv(index=False, lineterminator="\n"))
+    shown = compact_view(df, columns)
+    if shown.empty:
+        return shown.to_markdown(index=False, tablefmt="simple") + "\n(no results)\n"
+    return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True) + "\n"
+
+
+def compact_view(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """What ``wconv best`` shows of a ``best_alpha`` frame, as text: α as ``0.80``, CIs as ``[low, high]``."""
+    df = df.copy()
+    if {"ci_low", "ci_high"} <= set(df.columns):
+        df["ci"] = [_interval(lo, hi) for lo, hi in zip(df["ci_low"], df["ci_high"])]
+    if {"confirm_ci_low", "confirm_ci_high"} <= set(df.columns):
+        df["confirm_ci"] = [_interval(lo, hi) for lo, hi in zip(df["confirm_ci_low"], df["confirm_ci_high"])]
+    if columns is None:
+        compact = _TABLE_COLUMNS["model" if "n_seeds" in df.columns else "cell"]
+        columns = [c for c in compact if c in df.columns] or list(df.columns)
+    shown = pd.DataFrame({c: [_cell(c, v) for v in df[c]] for c in columns}, columns=list(columns))
+    return shown.rename(columns=_TABLE_HEADERS)
+
+
+def _interval(low: Any, high: Any) -> str | None:
+    if low is None or high is None:
+        return None
+    return f"[{low:+.4g}, {high:+.4g}]"
 
 
 def _csv_field(value: Any) -> Any:
@@ -149,40 +385,23 @@ def _csv_field(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def _fixed_width(records: list[dict], columns: list[str]) -> str:
-    header = [_TABLE_HEADERS.get(c, c) for c in columns]
-    cells = [[_cell(c, r[c]) for c in columns] for r in records]
-    numeric = [bool(records) and all(isinstance(r[c], Number) or r[c] is None for r in records) for c in columns]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(header)]
-
-    def line(parts: list[str]) -> str:
-        return "  ".join(p.rjust(w) if num else p.ljust(w) for p, w, num in zip(parts, widths, numeric)).rstrip()
-
-    lines = [line(header), line(["-" * w for w in widths])]
-    lines += [line(row) for row in cells]
-    if not records:
-        lines.append("(no results)")
-    return "\n".join(lines) + "\n"
-
-
 def _cell(column: str, value: Any) -> str:
+    value = _plain(value)
     if value is None:
         return "-"
-    if isinstance(value, list) and all(isinstance(v, Number) for v in value):
-        return _format_alpha(value)
+    if column in ("best_alpha", "confirm_alpha") and isinstance(value, list):
+        return format_alpha(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
     if isinstance(value, dict):
         return ", ".join(f"{k}={_cell(k, v)}" for k, v in value.items())
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, (bool, int, str)):
         return str(value)
     if isinstance(value, float):
+        if column == "confirm_p":
+            return f"{value:.3g}"
         return f"{value:+.4g}" if column in _SIGNED else f"{value:.4g}"
     return str(value)
-
-
-def _format_alpha(alpha: list) -> str:
-    if len(alpha) == 1:
-        return f"{alpha[0]:.2f}"
-    return "(" + ", ".join(f"{a:.2f}" for a in alpha) + ")"
 
 
 def _plain(value: Any) -> Any:
@@ -191,7 +410,7 @@ def _plain(value: Any) -> Any:
         return None
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}

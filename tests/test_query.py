@@ -1,12 +1,16 @@
-"""best_alpha and format_table on hand-built trials in a real SQLite store."""
+"""best_alpha (per cell and per model across seeds), the confirmation verdict and format_table, on hand-built
+trials in a real SQLite store."""
 
 import csv
 import io
 import json
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from analysis.query import best_alpha, format_table
+from analysis.frames import ResultsError, load
+from analysis.query import best_alpha, confirmation, format_table
 from analysis.store import Store
 
 
@@ -16,10 +20,11 @@ def store(tmp_path):
         yield s
 
 
-def _trial(store, sweep, trial_id, *, alpha, model="tiny_cnn", k=3, seed=0, status="completed", baseline=False, **metrics):
+def _trial(store, sweep, trial_id, *, alpha, model="tiny_cnn", k=3, seed=0, status="completed", baseline=False,
+           stage="search", arm=None, **metrics):
     store.record_trial(
         sweep, trial_id, cell=f"{model}-k{k}-s{seed}", model=model, kernel_size=k, seed=seed,
-        alpha=alpha, baseline=baseline, status=status, metrics=metrics,
+        alpha=alpha, baseline=baseline, status=status, metrics=metrics, stage=stage, arm=arm,
     )  # fmt: skip
 
 
@@ -46,6 +51,7 @@ def test_best_alpha_in_max_mode_is_the_highest_completed_trial(accuracy_sweep):
     assert row["best_value"] == pytest.approx(0.90) and row["other_metrics"] == {"val_loss": 0.35}
     assert row["baseline_value"] == pytest.approx(0.87)
     assert row["difference"] == pytest.approx(0.03) and row["improvement"] == pytest.approx(0.03)
+    assert row["verdict"] == "unconfirmed"
 
 
 def test_stopped_failed_and_running_trials_are_counted_but_never_best(accuracy_sweep):
@@ -93,6 +99,8 @@ def test_a_cell_without_completed_search_trials_reports_no_best(store):
     assert row["best_alpha"] is None and row["best_value"] is None and row["best_trial"] is None
     assert row["baseline_value"] == pytest.approx(0.87) and row["improvement"] is None
     assert (row["n_trials"], row["n_stopped"]) == (2, 1)
+    (model_row,) = best_alpha(store, by="model").to_dict("records")
+    assert model_row["best_alpha"] is None and model_row["verdict"] == "unconfirmed"
 
 
 def test_best_alpha_filters_by_sweep_model_and_kernel_and_orders_kernels_numerically(store):
@@ -105,7 +113,125 @@ def test_best_alpha_filters_by_sweep_model_and_kernel_and_orders_kernels_numeric
     assert [r["kernel_size"] for r in best_alpha(store, sweep="a", model="tiny_cnn").to_dict("records")] == [3, 5, 11]
     rows = best_alpha(store, sweep="b", model="tiny_unet", kernel=5).to_dict("records")
     assert [(r["sweep"], r["model"], r["kernel_size"]) for r in rows] == [("b", "tiny_unet", 5)]
-    assert best_alpha(store, model="resnet").empty
+
+
+def test_an_unknown_sweep_model_or_kernel_is_one_line_listing_what_exists(accuracy_sweep):
+    with pytest.raises(ResultsError, match=r"^no sweep 'ac' in .*; sweeps: acc$"):
+        best_alpha(accuracy_sweep, sweep="ac")
+    with pytest.raises(ResultsError, match=r"^no model 'resnet' in sweep 'acc'; models: tiny_cnn$"):
+        best_alpha(accuracy_sweep, sweep="acc", model="resnet")
+    with pytest.raises(ResultsError, match=r"^no kernel size 5 in sweep 'acc' model 'tiny_cnn'; kernel sizes: 3$"):
+        best_alpha(accuracy_sweep, sweep="acc", model="tiny_cnn", kernel=5, by="model")
+
+
+def test_a_database_with_only_a_sweep_row_gives_empty_answers(store):
+    store.record_sweep("acc", task="classification", metric="val_acc", mode="max", spec={})
+    assert best_alpha(store).empty and best_alpha(store, by="model").empty
+    with pytest.raises(ResultsError, match="no model 'tiny_cnn' in sweep 'acc'; there are no models yet"):
+        best_alpha(store, sweep="acc", model="tiny_cnn")
+
+
+# ---------------------------------------------------------------- several seeds
+
+SEEDS = (0, 1, 2)
+# val_acc per seed: α = 1, α = 0.8 (wins on seed 0 only, by a lot), α = 1.2 (wins on every seed, a little).
+BASE = (0.80, 0.85, 0.90)
+LUCKY = (0.90, 0.80, 0.85)
+STEADY = (0.82, 0.86, 0.92)
+
+
+@pytest.fixture
+def seeded_sweep(store):
+    store.record_sweep("acc", task="classification", metric="val_acc", mode="max", spec={})
+    for seed, base, lucky, steady in zip(SEEDS, BASE, LUCKY, STEADY):
+        _trial(store, "acc", f"s{seed}/1.0", seed=seed, alpha=[1.0], baseline=True, val_acc=base)
+        _trial(store, "acc", f"s{seed}/0.8", seed=seed, alpha=[0.8], val_acc=lucky)
+        _trial(store, "acc", f"s{seed}/1.2", seed=seed, alpha=[1.2], val_acc=steady)
+    _trial(store, "acc", "s0/0.6", seed=0, alpha=[0.6], val_acc=0.99)  # one lucky seed only
+    return store
+
+
+def test_by_cell_picks_each_seeds_own_winner(seeded_sweep):
+    rows = best_alpha(seeded_sweep, by="cell").to_dict("records")
+    assert [r["best_alpha"] for r in rows] == [[0.6], [1.2], [1.2]]
+
+
+def test_by_model_picks_the_alpha_with_the_best_mean_paired_difference_over_the_seeds_it_ran_on(seeded_sweep):
+    (row,) = best_alpha(seeded_sweep, by="model").to_dict("records")
+    # α = 0.6 ran on one seed only, so it does not compete with the α values seen on all three.
+    assert row["best_alpha"] == [1.2] and row["n_seeds"] == 3 and row["seeds"] == [0, 1, 2]
+    differences = np.subtract(STEADY, BASE)
+    assert row["best_value"] == pytest.approx(np.mean(STEADY)) and row["baseline_value"] == pytest.approx(np.mean(BASE))
+    assert row["difference"] == pytest.approx(differences.mean()) and row["improvement"] == row["difference"]
+    # With 3 seeds the 95 % percentile-bootstrap CI of the mean is [min d, max d] (see analysis.stats).
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((differences.min(), differences.max()))
+    assert row["best_trials"] == ["s0/1.2", "s1/1.2", "s2/1.2"] and row["verdict"] == "unconfirmed"
+
+
+def test_by_model_with_one_seed_is_the_per_cell_answer(accuracy_sweep):
+    (cell,) = best_alpha(accuracy_sweep, by="cell").to_dict("records")
+    (model,) = best_alpha(accuracy_sweep, by="model").to_dict("records")
+    assert model["best_alpha"] == cell["best_alpha"] and model["best_trials"] == [cell["best_trial"]]
+    assert model["best_value"] == cell["best_value"] and model["difference"] == cell["difference"]
+    assert model["ci_low"] is None and model["n_seeds"] == 1
+
+
+# ---------------------------------------------------------------- confirmation
+
+CONFIRM_SEEDS = (100, 101, 102, 103)
+CONFIRM_BASE = (0.81, 0.84, 0.86, 0.83)
+CONFIRM_ALPHA = (0.84, 0.86, 0.90, 0.85)
+CONFIRM_CONTROL = (0.82, 0.85, 0.88, 0.83)
+
+
+def _confirm(store, values_by_arm, alpha=(1.2,), metric="test_acc"):
+    for arm, values in values_by_arm.items():
+        for seed, value in zip(CONFIRM_SEEDS, values):
+            a = list(alpha) if arm == "alpha" else [1.0]
+            _trial(store, "acc", f"confirm/{arm}/s{seed}", seed=seed, alpha=a, baseline=arm == "baseline",
+                   stage="confirm", arm=arm, **{metric: value, "val_acc": 0.5})
+
+
+def test_confirmation_compares_the_arms_seed_by_seed_on_the_test_metric(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA, "baseline": CONFIRM_BASE, "init-scale": CONFIRM_CONTROL})
+    c = confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)
+    assert c.metric == "test_acc" and c.alpha == [1.2] and c.seeds == list(CONFIRM_SEEDS)
+    cmp = c.comparison
+    assert cmp.difference == pytest.approx(np.mean(np.subtract(CONFIRM_ALPHA, CONFIRM_BASE)))
+    assert cmp.p_value == pytest.approx(stats.ttest_rel(CONFIRM_ALPHA, CONFIRM_BASE).pvalue)
+    assert cmp.verdict == "confirmed"
+    gain = np.mean(np.subtract(CONFIRM_ALPHA, CONFIRM_BASE))
+    assert c.control.explained == pytest.approx(np.mean(np.subtract(CONFIRM_CONTROL, CONFIRM_BASE)) / gain)
+    (row,) = best_alpha(seeded_sweep, by="model").to_dict("records")
+    assert row["verdict"] == "confirmed" and row["confirm_seeds"] == list(CONFIRM_SEEDS)
+    assert row["confirm_difference"] == pytest.approx(cmp.difference) and row["confirm_p"] == cmp.p_value
+    assert all(r["verdict"] == "confirmed" for r in best_alpha(seeded_sweep, by="cell").to_dict("records"))
+
+
+def test_confirmation_on_fewer_than_two_finished_seeds_stays_unconfirmed(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA[:1], "baseline": CONFIRM_BASE[:1]})
+    _trial(seeded_sweep, "acc", "confirm/alpha/s101", seed=101, alpha=[1.2], stage="confirm", arm="alpha",
+           status="running")
+    c = confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)
+    assert c.comparison is None and c.verdict == "unconfirmed" and c.planned_seeds == 2 and c.seeds == [100]
+    (row,) = best_alpha(seeded_sweep, by="model").to_dict("records")
+    assert row["verdict"] == "unconfirmed" and row["confirm_alpha"] == [1.2]
+
+
+def test_confirmation_that_loses_is_worse(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_BASE, "baseline": CONFIRM_ALPHA})
+    assert confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3).verdict == "worse"
+
+
+def test_search_trials_never_count_as_confirmation_and_confirmation_never_as_search(seeded_sweep):
+    before = best_alpha(seeded_sweep, by="model")
+    _confirm(seeded_sweep, {"alpha": (0.99,) * 4, "baseline": (0.1,) * 4}, metric="val_acc")
+    after = best_alpha(seeded_sweep, by="model")
+    assert after.loc[0, "best_value"] == before.loc[0, "best_value"] and after.loc[0, "seeds"] == [0, 1, 2]
+    assert confirmation(load(seeded_sweep), "acc", "tiny_cnn", 5) is None
+
+
+# ---------------------------------------------------------------- rendering
 
 
 def test_table_shows_alpha_as_two_decimals_or_a_pair(store):
@@ -113,12 +239,18 @@ def test_table_shows_alpha_as_two_decimals_or_a_pair(store):
     _trial(store, "s", "b3", alpha=[1.0], baseline=True, val_acc=0.85)
     _trial(store, "s", "t3", alpha=[0.8], val_acc=0.9)
     _trial(store, "s", "t5", k=5, alpha=[0.1, 0.9], val_acc=0.8)
-    table = format_table(best_alpha(store))
-    lines = table.splitlines()
-    assert lines[0].split()[:4] == ["sweep", "cell", "metric", "mode"] and set(lines[1]) <= {"-", " "}
+    lines = format_table(best_alpha(store)).splitlines()
+    assert lines[0].split()[:4] == ["sweep", "cell", "metric", "best"] and set(lines[1]) <= {"-", " "}
     assert " 0.80 " in lines[2] and "+0.05" in lines[2]
     assert "(0.10, 0.90)" in lines[3] and " - " in lines[3]  # no baseline in the k5 cell
-    assert len({len(line) for line in lines[:2]}) == 1  # fixed width
+    assert lines[2].index(" 0.80 ") == lines[3].index(" (0.10, 0.90) ") == lines[0].index(" best α")  # aligned
+
+
+def test_model_table_shows_the_search_ci_and_the_verdict(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA, "baseline": CONFIRM_BASE})
+    header, rule, row = format_table(best_alpha(seeded_sweep, by="model")).splitlines()
+    assert "95% CI (search)" in header and "verdict" in header and "p (paired t)" in header
+    assert " 1.20 " in row and " confirmed " in row and "[+0.01, +0.02]" in row
 
 
 def test_json_and_csv_parse_back_to_the_same_values(accuracy_sweep):
