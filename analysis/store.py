@@ -57,7 +57,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 DEFAULT_URL = "sqlite:///results/wconv.db"
 
-STATUSES = ("running", "completed", "stopped", "failed")
+STATUSES = ("running", "interrupted", "completed", "stopped", "failed")
 TERMINAL = ("completed", "stopped", "failed")
 STAGES = ("search", "confirm")
 SCHEMA_VERSION = 2
@@ -277,14 +277,21 @@ class Store:
 
     def _open(self) -> None:
         """Connect, check the schema version, and (when writing) create or upgrade the tables."""
-        try:
-            with self.engine.connect() as conn:
-                tables = set(inspect(conn).get_table_names())
-        except DBAPIError as exc:
-            raise StoreError(
-                f"cannot open results store {self._masked!r}: {_first_line(exc)}; "
-                "check the path or that the server is running and the host, port, user and password are right"
-            ) from None
+        for attempt in range(40):
+            try:
+                with self.engine.connect() as conn:
+                    tables = set(inspect(conn).get_table_names())
+                break
+            except DBAPIError as exc:
+                # Switching a new SQLite file to WAL takes an exclusive lock that does not wait on the busy
+                # timeout: processes opening it together retry instead of failing.
+                if "locked" in str(exc.orig) and attempt < 39:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise StoreError(
+                    f"cannot open results store {self._masked!r}: {_first_line(exc)}; "
+                    "check the path or that the server is running and the host, port, user and password are right"
+                ) from None
         if tables and not {"sweeps", "trials", "epochs"} <= tables:
             raise StoreError(f"results store {self._masked!r} is not a wconv results database (it has tables "
                              f"{sorted(tables)[:5]}); point --storage at a database wconv wrote")
@@ -421,14 +428,21 @@ class Store:
         values = dict(sweep=sweep, trial_id=trial_id, epoch=int(epoch), metrics=_dumps(metrics))
         self._upsert(epochs_table, values, ["sweep", "trial_id", "epoch"], ["metrics"])
 
-    def record_epochs(self, sweep: str, trial_id: str, epochs: dict[int, dict]) -> None:
-        """Several epochs of one trial in one transaction (a replay after a restart)."""
+    def record_epochs(self, sweep: str, trial_id: str, epochs: dict[int, dict], *, owner: str | None = None) -> bool:
+        """Several epochs of one trial in one transaction (a replay after a restart); with ``owner``,
+        only while ``owner`` holds the trial (see ``record_trial``). Returns False when ignored."""
         self._require_write()
         try:
             with self._write() as conn:
+                if owner is not None:
+                    c = trials_table.c
+                    holder = conn.execute(select(c.owner).where(c.sweep == sweep, c.trial_id == trial_id)).scalar()
+                    if holder not in (None, owner):
+                        return False
                 for epoch, metrics in epochs.items():
                     values = dict(sweep=sweep, trial_id=trial_id, epoch=int(epoch), metrics=_dumps(metrics))
                     self._upsert_in(conn, epochs_table, values, ["sweep", "trial_id", "epoch"], ["metrics"])
+                return True
         except DBAPIError as exc:
             raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
 
@@ -483,6 +497,18 @@ class Store:
         with self._write() as conn:
             c = leases_table.c
             conn.execute(delete(leases_table).where(c.sweep == sweep, c.cell == cell, c.owner == owner))
+
+    def interrupt(self, sweep: str, owners: Iterable[str]) -> int:
+        """Mark the running trials of ``owners`` interrupted and drop their leases (their jobs were cancelled):
+        the next runner of the sweep continues those trials at once. Returns how many were running."""
+        self._require_write()
+        owners = list(owners)
+        with self._write() as conn:
+            t, lease = trials_table.c, leases_table.c
+            n = conn.execute(update(trials_table).where(t.sweep == sweep, t.owner.in_(owners), t.status == "running")
+                             .values(status="interrupted", updated_at=_now())).rowcount
+            conn.execute(delete(leases_table).where(lease.sweep == sweep, lease.owner.in_(owners)))
+        return n
 
     def leases(self, sweep: str | None = None) -> pd.DataFrame:
         stmt = select(*self._present(leases_table)).order_by(leases_table.c.sweep, leases_table.c.cell,

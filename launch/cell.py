@@ -48,14 +48,21 @@ def alpha_of(config: dict, cell: Cell) -> tuple[float, ...]:
     return tuple(float(config[name]) for name in alpha_names(cell))
 
 
-def trial_key(alpha) -> str:
-    """A trial's name within its cell: its α, exactly. No α runs twice in a cell, so the key names the
-    same trial in every run and on every worker, and with it the trial's checkpoint folder."""
-    return "alpha=" + ",".join(repr(float(a)) for a in alpha)
+def trial_key(alpha, arm: str | None = None) -> str:
+    """A trial's name within its cell: its α, exactly (and its arm, in a confirmation). No α runs twice in a
+    cell, so the key names the same trial in every run and on every worker, and with it the trial's
+    checkpoint folder."""
+    key = "alpha=" + ",".join(repr(float(a)) for a in alpha)
+    return key if arm is None else f"{arm}-{key}"
 
 
-def trial_id(cell: Cell, alpha) -> str:
-    return f"{cell.id}/{trial_key(alpha)}"
+def trial_id(cell: Cell, alpha, arm: str | None = None) -> str:
+    return f"{cell.id}/{trial_key(alpha, arm)}"
+
+
+def key_of(config: dict, cell: Cell) -> str:
+    """The store's trial id of a Tune trial's config."""
+    return trial_id(cell, alpha_of(config, cell), config.get("arm"))
 
 
 def trials_per_cell(sweep: Sweep) -> int:
@@ -72,22 +79,28 @@ def cell_dir(runs_dir: Path | str, sweep: Sweep, cell: Cell) -> Path:
     return Path(runs_dir) / sweep.name / cell.id
 
 
-def record_fields(cell: Cell, alpha) -> dict:
+def record_fields(cell: Cell, alpha, arm: str | None = None) -> dict:
     """The store's description of a trial of ``cell``."""
     return {"cell": cell.id, "model": cell.model, "kernel_size": cell.kernel_size,
-            "alpha": [float(a) for a in alpha], "seed": cell.seed, "baseline": is_baseline(alpha)}
+            "alpha": [float(a) for a in alpha], "seed": cell.seed,
+            "baseline": is_baseline(alpha) and arm in (None, "baseline"), "arm": arm}
 
 
-def trial_config(sweep: Sweep, cell: Cell, alpha):
-    """The ``wconv.train.TrialConfig`` of one trial (imports torch: call it where trials run)."""
+def trial_config(sweep: Sweep, cell: Cell, alpha, *, arm: str | None = None, init_scale=None):
+    """The ``wconv.train.TrialConfig`` of one trial (imports torch: call it where trials run).
+
+    A search's baseline runs its full budget (``baseline=True``: no early stopping, never stopped by ASHA);
+    a confirmation's arms (``arm``) all run the same protocol. ``init_scale``: the α whose density scale
+    multiplies the initial weights (a confirmation's control arm)."""
     from wconv.train import TrialConfig
 
     baseline = is_baseline(alpha)
+    extra = {} if init_scale is None else {"init_scale": tuple(float(a) for a in init_scale)}
     return TrialConfig(model=cell.model, dataset=sweep.dataset.name, kernel_size=cell.kernel_size,
                        alpha=None if baseline else tuple(float(a) for a in alpha), seed=cell.seed,
                        training=sweep.training_config(), model_options=cell.model_options,
                        dataset_root=sweep.dataset.root, dataset_options=dict(sweep.dataset.options),
-                       baseline=baseline)
+                       baseline=baseline and arm is None, **extra)
 
 
 # -- sweep identity --------------------------------------------------------------------------------
@@ -145,9 +158,10 @@ def check_identity(store, sweep: Sweep) -> None:
 def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True) -> tuple[Sweep, Path]:
     """Everything that can be checked before a trial runs or a job is submitted, in this order:
     absolute paths (trials run in other working directories, on other nodes), the dataset, the results
-    store (reachable, and this sweep's identity), then the sweep recorded in the store.
+    store (reachable, and this sweep's identity), then the sweep recorded in the store (``record=False``:
+    nothing is written, not even a new database).
     Returns the sweep with absolute paths and the absolute runs folder."""
-    from analysis.store import Store
+    from analysis.store import NoResults, Store
     from wconv import data
 
     runs_dir = Path(runs_dir).expanduser().resolve()
@@ -156,15 +170,68 @@ def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True) ->
         sweep = sweep.model_copy(update={"dataset": dataset})
     check = {"verify": sweep.dataset.options["verify"]} if "verify" in sweep.dataset.options else {}
     data.check(sweep.dataset.name, sweep.dataset.root, **check)
-    with Store(sweep.storage) as store:
-        check_identity(store, sweep)
-        if record:
-            spec = sweep.model_dump(mode="json")
-            store.record_sweep(sweep.name, task=sweep.task, metric=sweep.metric, mode=sweep.mode, spec=spec,
-                               spec_hash=spec_hash(spec))
+    try:
+        with Store(sweep.storage, create=record) as store:
+            check_identity(store, sweep)
+            if record:
+                spec = sweep.model_dump(mode="json")
+                store.record_sweep(sweep.name, task=sweep.task, metric=sweep.metric, mode=sweep.mode, spec=spec,
+                                   spec_hash=spec_hash(spec))
+    except NoResults:
+        pass  # not recorded, and nothing written: a dry run before the first submission
     return sweep, runs_dir
 
 
 def cell_finished(store, sweep: Sweep, cell: Cell, *, stage: str = "search") -> bool:
     """A cell is finished when the store holds ``num_samples + 1`` terminal trials of it."""
     return store.terminal_counts(sweep.name, stage=stage).get(cell.id, 0) >= trials_per_cell(sweep)
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+PAPER_SECONDS_PER_EPOCH = {
+    "resnet56": 215, "vgg16": 414, "nin": 115, "gmlp": 56, "gac_snn": 130,  # Table 4, weighted, A100
+    ("dncnn", 3): 2.50, ("nafnet", 3): 2.10, ("cgnet", 3): 3.07,  # Table 6, weighted, A100
+    ("dncnn", 5): 9.76, ("nafnet", 5): 9.11, ("cgnet", 5): 11.13,
+}
+"""The paper's measured seconds per epoch (Leonardo, one A100): a budget's estimate before any timing of ours."""
+
+
+def asha_rungs(sweep: Sweep) -> list[int]:
+    """Epochs at which ASHA compares trials: grace_period × reduction_factor^k below the budget."""
+    if sweep.scheduler.type != "asha":
+        return []
+    rungs, t = [], float(sweep.scheduler.grace_period)
+    while t < sweep.training_config().epochs:
+        rungs.append(int(t))
+        t *= sweep.scheduler.reduction_factor
+    return rungs
+
+
+def expected_epochs(sweep: Sweep) -> float:
+    """Epochs one sampled trial runs on average under ASHA, if 1/reduction_factor of the trials reaching a
+    rung go on (ASHA's promotion rate; early stopping on patience would cut more). FIFO: the full budget."""
+    epochs = sweep.training_config().epochs
+    rungs = asha_rungs(sweep)
+    if not rungs:
+        return float(epochs)
+    go_on = 1.0 / sweep.scheduler.reduction_factor
+    expected, reach = float(rungs[0]), 1.0
+    for k, rung in enumerate(rungs):
+        reach *= go_on
+        expected += reach * ((rungs[k + 1] if k + 1 < len(rungs) else epochs) - rung)
+    return expected
+
+
+def cell_epochs(sweep: Sweep) -> tuple[int, float]:
+    """(worst case, expected under ASHA) epochs of one cell: its sampled trials and its full-budget baseline."""
+    epochs = sweep.training_config().epochs
+    return trials_per_cell(sweep) * epochs, sweep.search.num_samples * expected_epochs(sweep) + epochs
+
+
+def seconds_per_epoch(cell: Cell, measured: dict[str, float]) -> tuple[float | None, str]:
+    """Seconds per epoch of a cell's model: measured earlier in this store, else the paper's A100 timing."""
+    if cell.model in measured:
+        return measured[cell.model], "earlier trials"
+    paper = PAPER_SECONDS_PER_EPOCH.get(cell.model, PAPER_SECONDS_PER_EPOCH.get((cell.model, cell.kernel_size)))
+    return (float(paper), "paper, A100") if paper is not None else (None, "no timing yet")

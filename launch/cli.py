@@ -21,7 +21,7 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_plan(args) -> None:
-    from launch.cell import epoch_budget, trials_per_cell
+    from launch.cell import asha_rungs, epoch_budget, trials_per_cell
     from launch.spec import load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
@@ -45,15 +45,6 @@ def _cmd_plan(args) -> None:
               "the trials it stops there count as stopped, never as the best")
     if not per_epoch:
         print("rough time comes from earlier trials of the same model in the results database; run a short sweep first")
-
-
-def asha_rungs(sweep) -> list[int]:
-    """Epochs at which ASHA compares trials: grace_period × reduction_factor^k below the budget."""
-    rungs, t = [], float(sweep.scheduler.grace_period)
-    while t < sweep.training_config().epochs:
-        rungs.append(int(t))
-        t *= sweep.scheduler.reduction_factor
-    return rungs
 
 
 def _seconds_per_epoch(sweep) -> dict[str, float]:
@@ -89,11 +80,19 @@ def _cmd_best(args) -> None:
     from analysis.query import best_alpha, format_table
     from analysis.store import Store
 
-    table = best_alpha(Store(args.storage, create=False), sweep=args.sweep, model=args.model, kernel=args.kernel)
+    table = best_alpha(Store(args.storage, create=False), sweep=args.sweep, model=args.model, kernel=args.kernel,
+                       by=args.by)
     if table.empty and args.format == "table":
         print("no finished cell matches" + (f" (sweep {args.sweep!r})" if args.sweep else "") + f" in {args.storage}")
         return
-    print(format_table(table, args.format))
+    print(format_table(table, args.format), end="")
+
+
+def _cmd_report(args) -> None:
+    from analysis.report import write_report
+
+    index = write_report(args.storage, args.sweep, args.out or Path("results/reports") / args.sweep)
+    print(f"report of sweep {args.sweep!r}: {index}")
 
 
 def _cmd_data(args) -> None:
@@ -107,6 +106,72 @@ def _cmd_data(args) -> None:
         print(f"{args.name}: complete and verified in {args.root}")
 
 
+def _cmd_submit(args) -> None:
+    from launch.profile import load_profile
+    from launch.slurm import submit_sweep
+    from launch.spec import load_sweep
+
+    sweep = load_sweep(args.sweep, args.set)
+    if args.storage:
+        sweep = sweep.model_copy(update={"storage": args.storage})
+    profile = load_profile(args.cluster)
+    submit_sweep(sweep, profile, args.runs_dir, workers=args.workers, account=args.account, dry_run=args.dry_run)
+
+
+def _cmd_status(args) -> None:
+    from analysis.store import Store
+    from launch.slurm import sweep_status
+
+    with Store(args.storage, create=False) as store:
+        sweep_status(store, _known_sweep(store, args.sweep))
+
+
+def _cmd_cancel(args) -> None:
+    from analysis.store import Store
+    from launch.slurm import cancel_sweep
+
+    with Store(args.storage) as store:
+        cancel_sweep(store, _known_sweep(store, args.sweep))
+
+
+def _known_sweep(store, name: str) -> str:
+    from launch.launcher import SubmitError
+
+    if store.sweep(name) is None:
+        known = list(store.sweeps()["name"])
+        raise SubmitError(f"no sweep {name!r} in {store!r}; it has {known or 'none'}")
+    return name
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the usage itself is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(USER_ERROR, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _at_least(low: int):
+    """An argparse type: an integer ≥ ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be ≥ {low}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
+
+
+def _kernel_size(text: str) -> int:
+    value = _at_least(1)(text)
+    if value < 3 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a kernel size; use an odd size ≥ 3")
+    return value
+
+
 def _add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="sweep YAML file")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -115,14 +180,14 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wconv", description="Tune the density α of weighted convolutions.")
+    parser = _Parser(prog="wconv", description="Tune the density α of weighted convolutions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run (or resume) a sweep on a Ray local cluster")
     _add_sweep(p)
     p.add_argument("--runs-dir", default="results/runs", type=Path, help="Ray Tune experiments and checkpoints")
     p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--num-cpus", type=_at_least(1), help="CPUs of the local Ray cluster (default: all)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("validate", help="check a sweep file")
@@ -136,10 +201,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best", help="best α per cell against the α = 1 baseline")
     p.add_argument("--sweep")
     p.add_argument("--model")
-    p.add_argument("--kernel", type=int)
+    p.add_argument("--kernel", type=_kernel_size)
+    p.add_argument("--by", choices=["cell", "model"], default="cell",
+                   help="cell: the best α of each search cell (one seed); model: per model and kernel size across "
+                        "seeds, paired against α = 1, with the confirmation verdict")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
     p.set_defaults(func=_cmd_best)
+
+    p = sub.add_parser("report", help="the paper's tables and figures of a sweep, with verdicts, as files and index.html")
+    p.add_argument("sweep", help="sweep name")
+    p.add_argument("--out", type=Path, help="report folder (default results/reports/SWEEP); only files of an earlier "
+                                            "report in it are replaced")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("submit", help="submit a sweep to SLURM as one array job (submitit); returns at once")
+    _add_sweep(p)
+    p.add_argument("--cluster", required=True, metavar="PROFILE", help="cluster profile YAML, e.g. slurm/leonardo.yaml")
+    p.add_argument("--workers", type=_at_least(1), help="array tasks per cell sharing its study (default: the "
+                                                        "sweep's workers)")
+    p.add_argument("--account", help="SLURM account to charge (default: the profile's, or its environment variable)")
+    p.add_argument("--runs-dir", default="results/runs", type=Path,
+                   help="checkpoints, Optuna journal and SLURM logs; must be on the shared filesystem")
+    p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, the task → cell map and the "
+                                                          "budget; submit and write nothing")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", help="SLURM state of a submitted sweep's array tasks, and its cells' progress")
+    p.add_argument("sweep", help="sweep name")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a submitted sweep; what was running is resumed by the next submit")
+    p.add_argument("sweep", help="sweep name")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    p.set_defaults(func=_cmd_cancel)
 
     p = sub.add_parser("data", help="stage datasets for offline compute nodes")
     p.add_argument("action", choices=["prepare", "check"])
@@ -150,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from analysis.frames import ResultsError
+    from analysis.report import ReportFolderError
     from analysis.store import StoreError
     from launch.cell import SweepChanged
-    from launch.launcher import ResourceError
+    from launch.launcher import ResourceError, SubmitError
     from launch.lease import LeaseHeld
     from launch.spec import SpecError
     from wconv.data import DatasetError
@@ -163,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return USER_ERROR
-    except (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged) as e:
+    except (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged, SubmitError, ResultsError,
+            ReportFolderError) as e:
         print(f"wconv {args.command}: {e}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

@@ -19,6 +19,10 @@ class ResourceError(Exception):
     """The sweep asks for more CPUs or GPUs per trial than where it would run has."""
 
 
+class SubmitError(Exception):
+    """A submission (or a question about one) that cannot go ahead; one line naming the thing and what to do."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One worker of one cell."""
@@ -27,7 +31,8 @@ class Task:
     cell: Cell
     worker: int
     runs_dir: str
-    stage: str = "search"
+    plan: Optional[tuple] = None
+    """A confirmation's fixed trials (see ``launch/confirm.py``); None: the cell's search."""
 
     @property
     def name(self) -> str:
@@ -45,7 +50,8 @@ def run_task(task: Task, **options) -> bool:
     ``options`` go to ``launch.runner.run_cell``."""
     from launch.runner import run_cell
 
-    return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, **options)
+    plan = None if task.plan is None else [dict(p) for p in task.plan]
+    return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, plan=plan, **options)
 
 
 class Handle(Protocol):

@@ -52,7 +52,7 @@ class LocalLauncher:
 
     def _announce(self, sweep: Sweep, task: Task, position: str) -> None:
         with Store(sweep.storage) as store:
-            rows = store.trials(sweep=sweep.name, cell=task.cell.id, stage=task.stage)
+            rows = store.trials(sweep=sweep.name, cell=task.cell.id, stage="search" if task.plan is None else "confirm")
         finished = int(rows["status"].isin(TERMINAL).sum()) if not rows.empty else 0
         print(f"[{position} {task.cell.id}] {trials_per_cell(sweep)} trials ({sweep.search.num_samples} sampled + "
               f"α = 1 baseline), α ranges {[list(r) for r in task.cell.ranges]}"

@@ -24,13 +24,14 @@ from typing import Optional, Sequence, TextIO
 
 import ray
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 
 from analysis.store import TERMINAL, Store
-from launch.cell import (alpha_of, cell_dir, cell_finished, is_baseline, record_fields, trial_config, trial_id,
-                         trial_key, trials_per_cell)
+from launch.cell import (alpha_of, cell_dir, key_of, record_fields, trial_config, trial_key,
+                         trials_per_cell)
 from launch.launcher import ResourceError
 from launch.lease import LeaseKeeper
-from launch.search import CellSearch, make_scheduler, outcome
+from launch.search import CellSearch, PlannedSearch, make_scheduler, outcome
 from launch.spec import Cell, Sweep
 from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, METRIC_SETTINGS, REASON, REPLAY, STATUS,
                          WALL_TIME_S)
@@ -143,12 +144,13 @@ def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: 
     from wconv.train import run_trial
 
     torch.set_num_threads(max(1, int(cpus)))
-    alpha = alpha_of(config, cell)
+    alpha, arm = alpha_of(config, cell), config.get("arm")
+    scale = config.get("init_scale")
 
     def report(metrics: dict, directory: Path) -> None:
         tune.report(metrics)  # ray.train.report fails inside Tune; tune.report is the function-trainable API
 
-    run_trial(trial_config(sweep, cell, alpha), report, Path(trials_dir) / trial_key(alpha))
+    run_trial(trial_config(sweep, cell, alpha, arm=arm, init_scale=scale), report, Path(trials_dir) / trial_key(alpha, arm))
 
 
 def _epoch_metrics(result: dict) -> dict:
@@ -184,20 +186,20 @@ class StoreCallback(tune.Callback):
     def _record(self, trial, **fields) -> None:
         if self.store is None:
             self.store = Store(self.sweep.storage)
-        alpha = alpha_of(trial.config, self.cell)
-        self.store.record_trial(self.sweep.name, trial_id(self.cell, alpha), owner=self.owner, stage=self.stage,
-                                **record_fields(self.cell, alpha), **fields)
+        alpha, arm = alpha_of(trial.config, self.cell), trial.config.get("arm")
+        self.store.record_trial(self.sweep.name, key_of(trial.config, self.cell), owner=self.owner, stage=self.stage,
+                                **record_fields(self.cell, alpha, arm), **fields)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        alpha = alpha_of(trial.config, self.cell)
-        self._record(trial, status="running", checkpoint=str(self.trials_dir / trial_key(alpha)))
+        key = trial_key(alpha_of(trial.config, self.cell), trial.config.get("arm"))
+        self._record(trial, status="running", checkpoint=str(self.trials_dir / key))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.store is None:
             self.store = Store(self.sweep.storage)
-        tid = trial_id(self.cell, alpha_of(trial.config, self.cell))
+        tid = key_of(trial.config, self.cell)
         epochs = {int(m[EPOCH]): _epoch_metrics(m) for m in [*result.get(REPLAY, []), result]}
-        self.store.record_epochs(self.sweep.name, tid, epochs)
+        self.store.record_epochs(self.sweep.name, tid, epochs, owner=self.owner)
         if not result.get(FINISHED):
             self._record(trial, status="running", epochs_run=int(result[EPOCH]), host=result.get(HOST),
                          device=result.get(DEVICE), wall_time_s=result.get(WALL_TIME_S))
@@ -223,8 +225,10 @@ class ProgressCallback(tune.Callback):
     """One console line per finished trial: the cell's trials done out of its total, and its best so far
     (from the store, so trials finished by other workers and earlier runs count)."""
 
-    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: Optional[TextIO] = None, stage: str = "search"):
+    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: Optional[TextIO] = None, stage: str = "search",
+                 total: Optional[int] = None):
         self.sweep, self.cell, self.position, self.stage = sweep, cell, position, stage
+        self.total = total or trials_per_cell(sweep)
         self.out = out
 
     def __getstate__(self):
@@ -251,11 +255,11 @@ class ProgressCallback(tune.Callback):
                 best, best_alpha = value, row["alpha"]
         shown = (f"best {self.sweep.metric} {best:.4g} at α=({', '.join(f'{a:.3f}' for a in best_alpha)})"
                  if best is not None else "no best yet")
-        print(f"[{self.position} {self.cell.id}] trials {len(done)}/{trials_per_cell(self.sweep)} done · {shown}",
+        print(f"[{self.position} {self.cell.id}] trials {len(done)}/{self.total} done · {shown}",
               file=self.out or sys.stdout, flush=True)
 
 
-def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
+def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0, plan: Optional[list[dict]] = None,
              leases: Optional[LeaseKeeper] = None, position: str = "cell", out: Optional[TextIO] = None,
              num_cpus: Optional[int] = None, callbacks: Sequence = ()) -> bool:
     """Run what one cell still needs from this worker; True when the cell is finished.
@@ -263,42 +267,51 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
     ``sweep`` must have been through ``launch.cell.prepare_sweep`` (absolute paths, recorded). Takes
     the lease ``(cell, worker)`` first (``LeaseHeld`` if a live runner has it) and gives it back at the
     end, also when interrupted, so that the next run takes over at once. ``callbacks``: more Tune
-    callbacks (instrumentation, e.g. the orchestration benchmark's clock).
+    callbacks (instrumentation, e.g. the orchestration benchmark's clock). ``plan``: a confirmation's
+    fixed trials (``PlannedSearch``) instead of a search, run to their budget (FIFO).
     """
+    stage = "search" if plan is None else "confirm"
+    total = trials_per_cell(sweep) if plan is None else len(plan)
+
+    def finished() -> bool:
+        with Store(sweep.storage) as store:
+            return store.terminal_counts(sweep.name, stage=stage).get(cell.id, 0) >= total
+
     own = leases is None
     leases = leases or LeaseKeeper(sweep.storage, sweep.name)
     try:
         leases.take(cell.id, worker)
-        with Store(sweep.storage) as store:
-            if cell_finished(store, sweep, cell):
-                return True
+        if finished():
+            return True
         start_ray(num_cpus)
         check_resources(sweep)
         directory = cell_dir(runs_dir, sweep, cell)
-        trials_dir = directory / "trials"
+        trials_dir = directory / ("trials" if plan is None else "confirm")
         shutil.rmtree(directory / f"tune-{worker}", ignore_errors=True)  # Tune's state is never restored
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, sweep=sweep, cell=cell, cpus=sweep.resources.cpus_per_trial,
                                  trials_dir=str(trials_dir)),
             {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial},
         )
+        search = (CellSearch(sweep, cell, Path(runs_dir), leases.holder) if plan is None
+                  else PlannedSearch(sweep, cell, Path(runs_dir), leases.holder, plan))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode,
-                                        search_alg=CellSearch(sweep, cell, Path(runs_dir), leases.holder),
-                                        scheduler=make_scheduler(sweep),
+                                        search_alg=search,
+                                        scheduler=make_scheduler(sweep) if plan is None else FIFOScheduler(),
                                         num_samples=-1,  # the searcher says when the cell is done
                                         max_concurrent_trials=slots(sweep),
                                         # One worker per slot for the whole cell: a new worker per trial
                                         # (Tune's default) idles each slot ~5 s per hand-over.
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=f"tune-{worker}", storage_path=str(directory), verbose=0,
-                                      callbacks=[StoreCallback(sweep, cell, trials_dir, leases.holder.owner),
-                                                 ProgressCallback(sweep, cell, position, out), *callbacks]),
+                                      callbacks=[StoreCallback(sweep, cell, trials_dir, leases.holder.owner, stage),
+                                                 ProgressCallback(sweep, cell, position, out, stage, total),
+                                                 *callbacks]),
         )
         tuner.fit()
-        with Store(sweep.storage) as store:
-            return cell_finished(store, sweep, cell)
+        return finished()
     finally:
         leases.release(cell.id)
         if own:

@@ -21,6 +21,7 @@ that ``optuna-dashboard`` opens it and several workers of one cell share it.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -55,13 +56,23 @@ def study_storage(sweep: Sweep, runs_dir: Path):
     if url.get_backend_name() == "postgresql":
         from sqlalchemy import create_engine, text
 
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
-        engine.dispose()
-        return optuna.storages.RDBStorage(
-            url.render_as_string(hide_password=False),
-            engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}})
+        from sqlalchemy.exc import DBAPIError
+
+        # Workers starting together race to create the schema and Optuna's tables (CREATE TYPE is not
+        # idempotent on PostgreSQL): the losers try again, by when the winner has made them.
+        for attempt in range(8):
+            try:
+                engine = create_engine(url)
+                with engine.begin() as conn:
+                    conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
+                engine.dispose()
+                return optuna.storages.RDBStorage(
+                    url.render_as_string(hide_password=False),
+                    engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}})
+            except DBAPIError:
+                if attempt == 7:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
     path = Path(runs_dir) / sweep.name / "optuna.journal"
@@ -264,3 +275,58 @@ def make_scheduler(sweep: Sweep):
     return BaselineASHA(time_attr=EPOCH, max_t=sweep.training_config().epochs,
                         grace_period=sweep.scheduler.grace_period,
                         reduction_factor=sweep.scheduler.reduction_factor)
+
+
+class PlannedSearch(CellSearch):
+    """A fixed list of trials instead of a study: a confirmation's arms (α = 1, the chosen α, and the
+    init-scale control) on one fresh seed. Same claims, same store, nothing told to Optuna."""
+
+    def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, plan: list[dict], *,
+                 stage: str = "confirm"):
+        self.plan = plan  # [{"arm": ..., "alpha": (...), "init_scale": (...) | None}]
+        super().__init__(sweep, cell, runs_dir, holder, stage=stage)
+
+    def _open(self) -> None:
+        self.store, self.study = Store(self.sweep.storage), None
+
+    def reconcile(self) -> None:
+        """Nothing to reconcile: there is no study."""
+
+    def config(self, arm: str) -> dict:
+        planned = next(p for p in self.plan if p["arm"] == arm)
+        config = dict(zip(alpha_names(self.cell), planned["alpha"]), arm=arm)
+        if planned.get("init_scale") is not None:
+            config["init_scale"] = list(planned["init_scale"])
+        return config
+
+    def suggest(self, tune_trial_id: str):
+        arm = self.claim_arm()
+        if arm is None:
+            return Searcher.FINISHED
+        config = self.config(arm)
+        self.running[tune_trial_id] = trial_id(self.cell, tuple(config[n] for n in alpha_names(self.cell)), arm)
+        return config
+
+    def claim_arm(self) -> Optional[str]:
+        cell, owner = self.cell, self.holder.owner
+        with self.store.locked(self.sweep.name) as tx:
+            rows = {r["trial_id"]: r for r in tx.trials(cell.id) if r.get("stage") == self.stage}
+            live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
+            mine = set(self.running.values())
+            for planned in self.plan:
+                tid = trial_id(cell, planned["alpha"], planned["arm"])
+                row = rows.get(tid)
+                if row is None:
+                    tx.record_trial(tid, owner=owner, status="running", stage=self.stage,
+                                    **record_fields(cell, planned["alpha"], planned["arm"]))
+                    return planned["arm"]
+                if row["status"] not in TERMINAL and tid not in mine and row.get("owner") not in live:
+                    tx.hand_over_trial(tid, owner)
+                    return planned["arm"]
+        return None
+
+    def on_trial_result(self, tune_trial_id: str, result: dict) -> None:
+        """Nothing to tell: no study."""
+
+    def on_trial_complete(self, tune_trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        self.running.pop(tune_trial_id, None)

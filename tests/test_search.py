@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
@@ -143,3 +144,46 @@ def test_asha_never_stops_the_baseline_nor_records_it_in_a_rung():
     asha.on_trial_result(None, other, {"epoch": 1, "val_accuracy": 0.5, "baseline": False})
     recorded = [v for bracket in asha._brackets for rung in bracket._rungs for v in rung[1].values()]
     assert recorded == [0.5]
+
+
+def _claim_all(url: str, runs: str, worker: int, barrier, results) -> None:
+    """One worker process of a shared cell: claims until the cell needs nothing more, as array tasks do."""
+    import traceback
+
+    try:
+        sweep = _sweep(Path(runs).parent).model_copy(update={"storage": url})
+        cell = sweep.cells()[0]
+        barrier.wait(timeout=60)
+        search = CellSearch(sweep, cell, Path(runs), Holder(f"w{worker}", "h", worker, 0.0, None))
+        with Store(url) as store:
+            store.take_lease(sweep.name, cell.id, worker, search.holder.row(), gone=lambda lease: False)
+        claimed = []
+        while (config := search.suggest(f"w{worker}-{len(claimed)}")) != "FINISHED":
+            claimed.append(config["alpha_1"])
+        results.put(claimed)
+    except BaseException:
+        results.put(traceback.format_exc())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_eight_workers_claiming_one_cell_at_once_get_each_trial_exactly_once(tmp_path, backend, request):
+    import multiprocessing
+
+    url = (f"sqlite:///{tmp_path / 'wconv.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url"))
+    sweep = _sweep(tmp_path).model_copy(update={"storage": url})
+    prepare_sweep(sweep, tmp_path / "runs")
+    ctx = multiprocessing.get_context("fork")  # each child opens its own store and study, as array tasks do
+    barrier, results = ctx.Barrier(8), ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(url, str(tmp_path / "runs"), w, barrier, results)) for w in range(8)]
+    for p in procs:
+        p.start()
+    claims = [results.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert [c for c in claims if isinstance(c, str)] == []
+    everything = [a for c in claims for a in c]
+    assert len(everything) == trials_per_cell(sweep) and len(set(everything)) == len(everything)
+    assert everything.count(1.0) == 1
+    with Store(url) as store:
+        rows = store.trials(sweep=sweep.name)
+    assert len(rows) == trials_per_cell(sweep) and rows["trial_id"].is_unique

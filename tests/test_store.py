@@ -183,7 +183,7 @@ def _write_trials(url, worker, n, barrier, errors):
 
 
 def test_concurrent_writers_from_several_processes_lose_and_duplicate_nothing(store_url):
-    workers, n = 4, 50
+    workers, n = 8, 25
     ctx = multiprocessing.get_context("fork")  # fast to start; each child still opens its own Store and connections
     barrier, errors = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_write_trials, args=(store_url, w, n, barrier, errors)) for w in range(workers)]
@@ -233,3 +233,113 @@ def test_sqlite_path_under_a_file_raises_a_store_error(tmp_path):
         Store(f"sqlite:///{tmp_path}/plain/results.db")
     assert "\n" not in str(err.value)
 
+
+
+# -- schema versions and read-only opening --------------------------------------------------------------
+
+
+def _schema_1(path):
+    """A database as the first wconv wrote it (schema 1: no meta table, fewer columns)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE sweeps (name VARCHAR(200) PRIMARY KEY, task VARCHAR(100), metric VARCHAR(100), mode VARCHAR(3),
+                             spec TEXT, created_at DATETIME, updated_at DATETIME);
+        CREATE TABLE trials (sweep VARCHAR(200), trial_id VARCHAR(200), cell VARCHAR(200), model VARCHAR(100),
+                             kernel_size INTEGER, alpha TEXT, alpha_1 FLOAT, alpha_2 FLOAT, seed INTEGER,
+                             baseline BOOLEAN, status VARCHAR(16), reason TEXT, epochs_run INTEGER, metrics TEXT,
+                             metric_settings TEXT, wall_time_s FLOAT, host VARCHAR(200), device VARCHAR(200),
+                             started_at DATETIME, updated_at DATETIME, PRIMARY KEY (sweep, trial_id));
+        CREATE TABLE epochs (sweep VARCHAR(200), trial_id VARCHAR(200), epoch INTEGER, metrics TEXT,
+                             PRIMARY KEY (sweep, trial_id, epoch));
+        INSERT INTO sweeps VALUES ('old', 'classification', 'val_accuracy', 'max', '{}', NULL, NULL);
+        INSERT INTO trials (sweep, trial_id, cell, model, alpha, status, metrics)
+            VALUES ('old', 'c/alpha=0.8', 'c', 'tiny_cnn', '[0.8]', 'completed', '{"val_accuracy": 0.9}');
+    """)
+    conn.commit()
+    conn.close()
+
+
+def test_an_older_schema_is_read_read_only_and_upgraded_in_place_when_written(tmp_path):
+    path = tmp_path / "old.db"
+    _schema_1(path)
+    before = path.read_bytes()
+    with Store(f"sqlite:///{path}", create=False) as store:
+        row = store.trial("old", "c/alpha=0.8")
+        assert row["metrics"] == {"val_accuracy": 0.9} and row["stage"] is None
+        assert len(store.trials(sweep="old", stage="search")) == 1
+    assert path.read_bytes() == before  # reading changed nothing
+    with Store(f"sqlite:///{path}") as store:
+        assert store.trial("old", "c/alpha=0.8")["stage"] == "search"
+        store.record_trial("old", "c/alpha=0.9", status="running", owner="me", checkpoint="/x")
+        assert store.trial("old", "c/alpha=0.9")["owner"] == "me"
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == "2"
+
+
+def test_a_database_written_by_a_newer_wconv_is_refused_in_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    with Store(url) as store, store.engine.begin() as conn:
+        conn.execute(text("UPDATE meta SET value = '99' WHERE key = 'schema_version'"))
+    for create in (True, False):
+        with pytest.raises(StoreError, match="newer wconv") as err:
+            Store(url, create=create)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a database at all\n" * 10])
+def test_reading_a_missing_empty_or_foreign_file_is_refused_and_changes_nothing(tmp_path, content):
+    path = tmp_path / "x.db"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(StoreError) as err:
+        Store(f"sqlite:///{path}", create=False)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if content is None else ["x.db"])
+    if content is not None:
+        assert path.read_bytes() == content
+
+
+def test_reading_a_sqlite_database_of_another_program_is_refused(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).executescript("CREATE TABLE users (id INTEGER); INSERT INTO users VALUES (1);")
+    with pytest.raises(StoreError, match="not a wconv results database"):
+        Store(f"sqlite:///{path}", create=False)
+
+
+# -- leases ---------------------------------------------------------------------------------------------
+
+
+def _holder(owner, pid=1):
+    return dict(owner=owner, host="h", pid=pid, process_started=0.0, slurm_job=None)
+
+
+def test_a_lease_is_refused_while_its_owner_lives_and_taken_over_with_its_trials_when_gone(store):
+    store.record_sweep("s", task="classification", metric="val_accuracy", mode="max", spec={})
+    assert store.take_lease("s", "c", 0, _holder("a"), gone=lambda lease: False) is None
+    store.record_trial("s", "c/t1", cell="c", status="running", owner="a")
+    store.record_trial("s", "c/t2", cell="c", status="completed", owner="a")
+    held = store.take_lease("s", "c", 0, _holder("b", 2), gone=lambda lease: False)
+    assert held["owner"] == "a"
+    assert store.take_lease("s", "c", 0, _holder("a"), gone=lambda lease: False) is None  # its own again
+    assert store.take_lease("s", "c", 0, _holder("b", 2), gone=lambda lease: lease["owner"] == "a") is None
+    assert store.trial("s", "c/t1")["owner"] == "b"  # the unfinished trial moved with the lease
+    assert store.trial("s", "c/t2")["owner"] == "a"
+    assert store.heartbeat("s", "a") == 0 and store.heartbeat("s", "b") == 1
+    assert store.record_trial("s", "c/t1", status="running", owner="a", epochs_run=3) is False  # fenced
+    assert store.trial("s", "c/t1")["epochs_run"] is None
+    store.release_lease("s", "c", "b")
+    assert store.leases("s").empty
+
+
+def test_cancelling_marks_running_trials_interrupted_and_frees_their_leases(store):
+    store.record_sweep("s", task="classification", metric="val_accuracy", mode="max", spec={})
+    store.take_lease("s", "c", 0, _holder("slurm:7_0"), gone=lambda lease: False)
+    store.record_trial("s", "c/t1", cell="c", status="running", owner="slurm:7_0")
+    store.record_trial("s", "c/t2", cell="c", status="completed", owner="slurm:7_0")
+    assert store.interrupt("s", ["slurm:7_0"]) == 1
+    assert store.trial("s", "c/t1")["status"] == "interrupted" and store.trial("s", "c/t2")["status"] == "completed"
+    assert store.leases("s").empty

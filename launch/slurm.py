@@ -1,0 +1,283 @@
+"""Submit a sweep to SLURM through submitit: one array job, one array task per (cell, worker).
+
+Each array task runs ``launch.launcher.run_task`` from its pickled ``Task`` alone: it starts a private
+Ray local cluster sized from its allocation (``launch.runner.start_ray``), takes its cell's lease and
+runs trials — one per GPU, or several per GPU when ``resources.gpus_per_trial`` is fractional. The
+workers of one cell share the cell's Optuna study and claim trials through the results store, so a
+cell gets exactly ``num_samples + 1`` trials whatever the number of workers.
+
+Time limits, preemption, failures: a task signalled before its time limit (USR2, ``signal_delay_s``
+ahead) is checkpointed by submitit (``CellJob.checkpoint``) and requeued; a task killed outright
+(``scontrol requeue``, a node failure) restarts from scratch. Either way the restarted task is the
+same lease holder (its owner name is the array job and task id), takes its lease back at once and
+continues its unfinished trials from their last per-epoch checkpoints; finished trials are in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+import submitit
+
+from analysis.store import Store
+from launch.cell import cell_finished, prepare_sweep, trials_per_cell
+from launch.launcher import ResourceError, SubmitError, Task, plan_tasks, run_task
+from launch.profile import ClusterProfile
+from launch.spec import Sweep
+
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+          "REQUEUE_FED")
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """What one array task runs. ``checkpoint`` (called by submitit on USR2) requeues the same task:
+    its state lives in the store and the trials' checkpoints, not in this object."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def __call__(self) -> bool:
+        return run_task(self.task, position=f"task {self.task.name}")
+
+
+@dataclass
+class SlurmHandle:
+    job_id: str
+    task: Task
+    job: Optional[submitit.Job] = None
+
+    def state(self) -> str:
+        return job_states([self.job_id]).get(self.job_id, "UNKNOWN")
+
+
+def require_slurm() -> None:
+    for command in ("sbatch", "sacct", "squeue", "scancel"):
+        if shutil.which(command) is None:
+            raise SubmitError(f"{command} is not on PATH: submit from a SLURM login node (or load the slurm module)")
+
+
+def job_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """SLURM state of each job or array task (``<job>_<task>``), from ``sacct``."""
+    if not job_ids:
+        return {}
+    jobs = sorted({str(j).split("_")[0] for j in job_ids})
+    proc = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(jobs)],
+                          capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in proc.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        states[job_id.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+    return states
+
+
+class SlurmLauncher:
+    """submitit's AutoExecutor for one profile; ``submit`` returns at once with the array's handles."""
+
+    def __init__(self, profile: ClusterProfile, folder: Path, account: Optional[str] = None):
+        self.profile, self.folder, self.account = profile, Path(folder), account
+
+    def executor(self, tasks: Sequence[Task]) -> submitit.AutoExecutor:
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
+        executor.update_parameters(**self.profile.executor_parameters(account=self.account),
+                                   slurm_array_parallelism=min(self.profile.array_parallelism, len(tasks)),
+                                   name=f"wconv-{tasks[0].sweep.name}" if tasks else "wconv")
+        return executor
+
+    def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[SlurmHandle]:
+        jobs = self.executor(tasks).submit_array([CellJob(t) for t in tasks])
+        return [SlurmHandle(job.job_id, task, job) for job, task in zip(jobs, tasks)]
+
+    def status(self, handles: Sequence[SlurmHandle]) -> list[str]:
+        states = job_states([h.job_id for h in handles])
+        return [states.get(h.job_id, "UNKNOWN") for h in handles]
+
+    def cancel(self, handles: Sequence[SlurmHandle]) -> None:
+        jobs = sorted({h.job_id.split("_")[0] for h in handles})
+        if jobs:
+            subprocess.run(["scancel", *jobs], check=False, capture_output=True, timeout=60)
+
+    def script(self, tasks: Sequence[Task]) -> str:
+        """The sbatch script ``submit`` would hand to SLURM (for ``--dry-run``)."""
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        slurm = self.executor(tasks)._executor
+        params = dict(slurm.parameters, map_count=len(tasks) if len(tasks) > 1 else None)
+        return _make_sbatch_string(command=slurm._submitit_command_str, folder=slurm.folder, **params)
+
+
+# -- the commands: submit, status, cancel ------------------------------------------------------------
+
+
+def _check_submission(sweep: Sweep, profile: ClusterProfile, runs_dir: Path, workers: int) -> None:
+    """What SLURM would accept but could never run well: each problem is one line, nothing is submitted."""
+    res = sweep.resources
+    if res.gpus_per_trial > profile.gpus_per_node:
+        raise ResourceError(f"resources.gpus_per_trial ({res.gpus_per_trial:g}) is more than a node of profile "
+                            f"{profile.name!r} has ({profile.gpus_per_node}); lower it")
+    if res.cpus_per_trial > profile.cpus_per_node:
+        raise ResourceError(f"resources.cpus_per_trial ({res.cpus_per_trial:g}) is more than a node of profile "
+                            f"{profile.name!r} has ({profile.cpus_per_node}); lower it")
+    if workers > sweep.search.num_samples:
+        raise SubmitError(f"workers ({workers}) is more than search.num_samples ({sweep.search.num_samples}): a "
+                          "worker would have nothing to run; lower --workers")
+    for what, path in (("the runs folder", runs_dir), ("the SQLite results store", _sqlite_path(sweep.storage))):
+        if path is not None and profile.node_local_path(path):
+            raise SubmitError(f"{what} {path} is on a node-local path that compute nodes cannot see; put it on the "
+                              f"shared filesystem (e.g. under $WORK or $SCRATCH)")
+    if _sqlite_path(sweep.storage) is not None and not profile.single_node:
+        raise SubmitError(f"storage {sweep.storage!r}: SQLite is unsafe with writers on several nodes (its locks "
+                          "do not work on NFS/Lustre); use a PostgreSQL URL reachable from the compute nodes")
+
+
+def _sqlite_path(url: str) -> Optional[Path]:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+def _active_jobs(store: Store, sweep: str) -> list[str]:
+    jobs = store.jobs(sweep)
+    ids = [j for j, state in zip(jobs["job_id"], jobs["state"]) if state != "cancelled"] if not jobs.empty else []
+    states = job_states(ids)
+    return [j for j in ids if any(s in ACTIVE for k, s in states.items() if k.split("_")[0] == j)]
+
+
+def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: dict[str, float]) -> list[str]:
+    """GPU-hours of the worst case (every trial to the full budget) and of the expected ASHA case."""
+    from launch.cell import cell_epochs, seconds_per_epoch
+
+    worst_h = expected_h = 0.0
+    sources, unknown = set(), []
+    gpus = sweep.resources.gpus_per_trial or 0
+    for cell in {t.cell for t in tasks}:
+        worst, expected = cell_epochs(sweep)
+        seconds, source = seconds_per_epoch(cell, measured)
+        if seconds is None:
+            unknown.append(cell.model)
+            continue
+        sources.add(source)
+        worst_h += worst * seconds * gpus / 3600
+        expected_h += expected * seconds * gpus / 3600
+    worst, expected = cell_epochs(sweep)
+    lines = [f"budget per cell: {worst} epochs worst case, {expected:.0f} expected under ASHA "
+             f"({sweep.search.num_samples} sampled trials + the full-budget baseline)"]
+    if gpus:
+        lines.append(f"GPU-hours: {worst_h:.1f} worst case, {expected_h:.1f} expected under ASHA "
+                     f"(seconds per epoch from {', '.join(sorted(sources)) or '-'}"
+                     + (f"; no timing for {', '.join(sorted(set(unknown)))}" if unknown else "") + ")")
+    return lines
+
+
+def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *, workers: Optional[int] = None,
+                 account: Optional[str] = None, dry_run: bool = False, out: TextIO = sys.stdout) -> Optional[str]:
+    """Submit the sweep's unfinished cells as one array job and return at once with its id (None: dry run,
+    or nothing to do)."""
+    workers = workers or sweep.workers
+    if not dry_run:
+        require_slurm()
+    sweep, runs_dir = prepare_sweep(sweep, runs_dir, record=not dry_run)
+    _check_submission(sweep, profile, runs_dir, workers)
+    launcher = SlurmLauncher(profile, runs_dir / sweep.name / "slurm", account)
+    launcher.executor([])  # an unusable profile (e.g. no account) is refused before anything is written
+    measured, todo, active = _store_state(sweep, dry_run)
+    if active:
+        raise SubmitError(f"sweep {sweep.name!r} already has array job {', '.join(active)} queued or running; "
+                          f"see `wconv status {sweep.name}`, or `wconv cancel {sweep.name}` first")
+    tasks = [t for t in plan_tasks(sweep, runs_dir, workers) if t.cell in todo]
+    if not tasks:
+        print(f"sweep {sweep.name!r} is finished: {len(sweep.cells())} cell(s) in {sweep.storage}; nothing to submit",
+              file=out)
+        return None
+    if dry_run:
+        print(launcher.script(tasks), file=out)
+        print("array task → cell (worker):", file=out)
+        for i, task in enumerate(tasks):
+            print(f"  {i:>4} → {task.cell.id} (worker {task.worker + 1} of {workers})", file=out)
+        for line in budget_lines(sweep, tasks, measured):
+            print(line, file=out)
+        print("dry run: nothing submitted, nothing written", file=out)
+        return None
+    handles = launcher.submit(sweep, tasks)
+    job_id = handles[0].job_id.split("_")[0]
+    with Store(sweep.storage) as store:
+        store.record_job(sweep.name, job_id, kind="sweep", cluster=profile.model_dump(mode="json"),
+                         tasks=[{"task": h.job_id, "cell": h.task.cell.id, "worker": h.task.worker} for h in handles])
+    print(f"submitted array job {job_id}: {len(tasks)} task(s) for sweep {sweep.name!r} "
+          f"({len(todo)} cell(s) × {workers} worker(s)); follow it with `wconv status {sweep.name}`", file=out)
+    return job_id
+
+
+def _store_state(sweep: Sweep, dry_run: bool) -> tuple[dict, list, list]:
+    """Timings, unfinished cells and active jobs of the sweep in its store (a dry run writes nothing)."""
+    from analysis.store import NoResults
+
+    try:
+        with Store(sweep.storage, create=not dry_run) as store:
+            todo = [c for c in sweep.cells() if not cell_finished(store, sweep, c)]
+            return store.seconds_per_epoch(), todo, [] if dry_run else _active_jobs(store, sweep.name)
+    except NoResults:
+        return {}, sweep.cells(), []
+
+
+def _recorded_jobs(store: Store, sweep: str) -> list[dict]:
+    jobs = store.jobs(sweep)
+    if jobs.empty:
+        raise SubmitError(f"sweep {sweep!r} was never submitted to SLURM from {store!r}; "
+                          f"submit it with `wconv submit SWEEP.yaml --cluster PROFILE`")
+    return jobs.to_dict("records")
+
+
+def sweep_status(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
+    """Per array task its SLURM state; per cell trials done/total and the best so far."""
+    import pandas as pd
+
+    from analysis.store import TERMINAL
+
+    jobs = _recorded_jobs(store, sweep)
+    info = store.sweep(sweep) or {}
+    spec = info.get("spec") or {}
+    total = int((spec.get("search") or {}).get("num_samples", 0)) + 1
+    tasks = [dict(t, job=j["job_id"], job_state=j["state"]) for j in jobs for t in (j["tasks"] or [])]
+    states = job_states([t["task"] for t in tasks])
+    rows = [{"array task": t["task"], "cell": t["cell"], "worker": t["worker"],
+             "state": "CANCELLED" if t["job_state"] == "cancelled" and states.get(t["task"]) in (None, "PENDING")
+             else states.get(t["task"], "UNKNOWN")} for t in tasks]
+    print(pd.DataFrame(rows).to_string(index=False), file=out)
+    trials = store.trials(sweep=sweep, stage="search")
+    metric, mode = info.get("metric"), info.get("mode")
+    cells = []
+    for cell, group in trials.groupby("cell") if not trials.empty else []:
+        done = group[group["status"].isin(TERMINAL)]
+        completed = done[(done["status"] == "completed") & ~done["baseline"].astype(bool)]
+        values = completed["metrics"].map(lambda m: (m or {}).get(metric))
+        values = values.dropna()
+        best = None if values.empty else (values.max() if mode == "max" else values.min())
+        cells.append({"cell": cell, "trials done": f"{len(done)}/{total}",
+                      f"best {metric}": "-" if best is None else f"{best:.4g}",
+                      "running": int((group["status"] == "running").sum())})
+    print(pd.DataFrame(cells).to_string(index=False) if cells else "no trial has started yet", file=out)
+
+
+def cancel_sweep(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
+    """Cancel the sweep's array jobs and mark what was running as interrupted: a later ``submit`` resumes it."""
+    jobs = _recorded_jobs(store, sweep)
+    ids = [j["job_id"] for j in jobs if j["state"] != "cancelled"]
+    if ids:
+        require_slurm()
+        subprocess.run(["scancel", *ids], check=False, capture_output=True, timeout=60)
+    owners = {f"slurm:{t['task']}" for j in jobs for t in (j["tasks"] or [])}
+    owners |= {f"slurm:{j['job_id']}" for j in jobs}
+    interrupted = store.interrupt(sweep, owners)
+    for job_id in ids:
+        store.set_job_state(sweep, job_id, "cancelled")
+    print(f"cancelled array job(s) {', '.join(ids) or '(none active)'} of sweep {sweep!r}; {interrupted} running "
+          f"trial(s) marked interrupted (`wconv submit` of the same sweep resumes them)", file=out)
