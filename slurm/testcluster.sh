@@ -7,7 +7,7 @@
 #   slurm/testcluster.sh up       start what is not running (idempotent); resumes a drained node
 #   slurm/testcluster.sh down     cancel all jobs, stop every daemon (state and accounting are kept)
 #   slurm/testcluster.sh status   one line per daemon and the node's state; exit 0 only when all are up
-#   slurm/testcluster.sh env      print `export SLURM_CONF=...` for eval
+#   slurm/testcluster.sh env      print the cluster's facts as `export NAME=value` lines (SLURM_CONF, partition, …)
 #   slurm/testcluster.sh purge    down, then delete the whole folder
 set -euo pipefail
 
@@ -299,7 +299,12 @@ case ${1:-} in
     up) locked up ;;
     down) locked down ;;
     status) status ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    env)
+        # The cluster's facts for shells (eval) and tests (tests/slurm_cluster.py), from this one place.
+        printf 'export %s=%q\n' SLURM_CONF "$CONF" WCONV_SLURM_DIR "$DIR" WCONV_SLURM_CLUSTER "$CLUSTER" \
+            WCONV_SLURM_PARTITION "$PARTITION" WCONV_SLURM_ACCOUNT "$ACCOUNT" WCONV_SLURM_DEBUG_QOS "$DEBUG_QOS" \
+            WCONV_SLURM_NODE "$NODE" WCONV_SLURM_GPUS "$GPUS"
+        ;;
     purge)
         locked down
         rm -rf "$DIR"
