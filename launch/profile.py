@@ -76,8 +76,9 @@ class ClusterProfile(BaseModel):
     array_parallelism: int = Field(256, ge=1)
     """At most this many array tasks of one sweep run at once (``--array=…%N``)."""
     signal_delay_s: int = Field(120, ge=0)
-    """SLURM sends USR2 this long before the time limit (``--signal=USR2@N``); submitit then checkpoints and
-    requeues the task. It must cover stopping Ray and the last store writes (SLURM may send it up to 60 s early)."""
+    """SLURM sends USR2 about this long before the time limit (``--signal=USR2@N``); submitit then checkpoints and
+    requeues the task. It must cover stopping Ray and the last store writes; SLURM's timing is approximate (up to
+    60 s early per sbatch's manual, or late until slurmctld's next time-limit check, every 30 s)."""
     max_num_timeout: int = Field(3, ge=0)
     """How many times submitit requeues a task that reached its time limit before giving up on it."""
     requeue: bool = True
