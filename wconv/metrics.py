@@ -88,37 +88,46 @@ class ClassificationMetrics:
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.names = _chosen("classification", names)
-        # validate_args=False: the argument checks look at tensor values, one host sync per batch.
-        chosen = {"accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-                  "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False)}
+        chosen = {"accuracy": MulticlassAccuracy(num_classes, average="micro"),
+                  "f1": MulticlassF1Score(num_classes, average="macro")}
         self._metrics = MetricCollection(
             {**{name: chosen[name] for name in self.names},
-             "confusion_matrix": MulticlassConfusionMatrix(num_classes, validate_args=False)}
+             "confusion_matrix": MulticlassConfusionMatrix(num_classes)}
         ).to(self.device)
-        self._seen = 0
+        self.reset()
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch: ``logits`` (N, num_classes), ``target`` (N,) class indices."""
-        self._metrics.update(logits.detach().to(self.device), target.detach().to(self.device))
-        self._seen += target.numel()
+        # Predictions are kept on the device and scored once: torchmetrics' per-batch bincount (F1, confusion
+        # matrix) waits for the GPU on every batch. argmax is what torchmetrics takes from logits.
+        self._predictions.append(logits.detach().argmax(dim=1).to(self.device))
+        self._targets.append(target.detach().to(self.device))
+        self._scored = False
 
     def compute(self) -> dict[str, float]:
         """``{"accuracy", "f1"}`` (those chosen) over everything seen since the last reset."""
-        self._check_seen()
+        self._score()
         return {name: self._metrics[name].compute().item() for name in self.names}
 
     def confusion_matrix(self) -> Tensor:
         """(num_classes, num_classes) counts; entry (i, j) counts class i predicted as j (Sect. 4.1)."""
-        self._check_seen()
+        self._score()
         return self._metrics["confusion_matrix"].compute()
 
     def reset(self) -> None:
         self._metrics.reset()
-        self._seen = 0
+        self._predictions: list[Tensor] = []
+        self._targets: list[Tensor] = []
+        self._scored = False
 
-    def _check_seen(self) -> None:
-        if not self._seen:
+    def _score(self) -> None:
+        """Feed everything seen to torchmetrics, once per batch of updates."""
+        if not self._targets:
             raise RuntimeError("ClassificationMetrics: compute() before any update()")
+        if not self._scored:
+            self._metrics.reset()
+            self._metrics.update(torch.cat(self._predictions), torch.cat(self._targets))
+            self._scored = True
 
 
 class DenoisingMetrics:
@@ -139,7 +148,7 @@ class DenoisingMetrics:
         self.reset()
 
     def update(self, output: Tensor, target: Tensor) -> None:
-        """Score a batch; ``output`` is clamped to [0, 1], ``target`` must already lie there."""
+        """Score a batch; ``output`` is clamped to [0, 1] (NaN as 0), ``target`` must already lie there."""
         if output.shape != target.shape or output.dim() != 4 or output.shape[1] not in (1, 3):
             raise ValueError(
                 f"DenoisingMetrics: expected output and target of one shape (N, 1 or 3, H, W), "
@@ -150,8 +159,9 @@ class DenoisingMetrics:
                 f"DenoisingMetrics: images of {tuple(output.shape[-2:])} pixels are smaller than the "
                 f"{MIN_IMAGE_SIZE}×{MIN_IMAGE_SIZE} SSIM/UIQ window"
             )
-        # fp32 whatever the model ran in: piq's FFTs and the variances need it.
-        output = output.detach().to(self.device, torch.float32).clamp(0.0, 1.0)
+        # fp32 whatever the model ran in: piq's FFTs and the variances need it. A diverged model's NaN/inf
+        # pixels are clamped like any other (piq refuses NaN); its loss says it failed.
+        output = output.detach().to(self.device, torch.float32).nan_to_num(0.0, 1.0, 0.0).clamp(0.0, 1.0)
         target = target.detach().to(self.device, torch.float32)
         scores = [_DENOISING[name](output, target).sum() for name in self.names]
         self._sums += torch.stack(scores).double()

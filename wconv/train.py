@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wconv.conv import param_groups
+from wconv.conv import convert, param_groups
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
 
 
@@ -47,9 +47,17 @@ LOSS = "loss"
 VAL_LOSS = "val_loss"
 """What early stopping and the best epoch go by."""
 
+MEMBER = "member"
+"""Fused groups (``wconv.fused``): the member's index in its group, in each of its reports."""
+ALPHA = "alpha"
+"""Fused groups: the member's α (a list; None for the baseline), in each of its reports."""
+
 COMPLETED = "completed"
 FAILED = "failed"
-TrialStatus = Literal["completed", "failed"]
+STOPPED = "stopped"
+"""A member of a fused group stopped by its caller (a scheduler); a single trial stopped by a scheduler is
+ended from outside and never reports it."""
+TrialStatus = Literal["completed", "failed", "stopped"]
 
 
 def metric_key(split: str, metric: str) -> str:
@@ -84,7 +92,7 @@ class EpochReport(TypedDict):
 class FinalMetrics(TypedDict, total=False):
     """``final`` of a completed trial: the lowest-validation-loss epoch's ``val_*`` metrics and the
     ``test_*`` metrics of that epoch's model (every metric of the task, the loss included); empty when
-    the trial failed."""
+    the trial failed. A stopped member of a fused group has its best epoch's ``val_*`` and no ``test_*``."""
 
     best_epoch: int
     test_confusion_matrix: list[list[int]]
@@ -147,6 +155,15 @@ class TrainingConfig:
     """channels_last memory format on CUDA."""
     max_steps_per_epoch: Optional[int] = None
     """Cap on optimiser steps per epoch (smoke runs and tests)."""
+    learnable_alpha: bool = False
+    """Train α with the weights, starting from the trial's α (log-parametrised, no weight decay); the
+    baseline (α = None) stays a standard convolution."""
+    compile: bool = False
+    """``torch.compile`` the model's forward (training and evaluation); a fused group compiles its vmapped
+    forward and losses."""
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+    """``torch.compile``'s backend: inductor generates kernels (GPUs); aot_eager captures the same graphs and
+    autograd without generating code (CPU tests: inductor compiles for minutes on a small CPU)."""
     val_metrics: Optional[tuple[MetricName, ...]] = None
     """Metrics that per-epoch validation scores besides the loss; None: the task's cheap set,
     ``wconv.metrics.VALIDATION_METRICS`` (accuracy, f1 | psnr, ssim, nrmse). The final test always scores
@@ -280,6 +297,10 @@ class _Task:
             self.loss = nn.MSELoss()
         self.settings = metrics.metric_settings(task)
 
+    def loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss in at least float32 (bf16 autocast outputs are promoted; float64 models stay float64)."""
+        return self.loss(output.to(torch.promote_types(output.dtype, torch.float32)), target)
+
     def _scores(self, names: tuple[str, ...]):
         from wconv import metrics
 
@@ -289,21 +310,22 @@ class _Task:
 
     @torch.no_grad()
     def evaluate(self, forward: Callable[[torch.Tensor], torch.Tensor], members: int, split, batch_size: int,
-                 autocast, prefix: str, final: bool = False) -> list[dict]:
+                 autocast, dtype: torch.dtype, prefix: str, final: bool = False) -> list[dict]:
         """Loss and metrics on ``split`` of each of ``members`` models, keyed ``<prefix>_<metric>``.
 
-        ``forward(x)`` gives the members' outputs stacked, (members, N, ...), in eval mode. Validation
+        ``forward(x)`` gives the members' outputs stacked, (members, N, ...), in eval mode; inputs are cast to
+        the model's ``dtype``. Validation
         scores ``val_metrics``; ``final`` scores every metric of the task (classification: and the
         confusion matrix)."""
         scores = [self._scores(TASK_METRICS[self.name] if final else self.val_metrics) for _ in range(members)]
         # Summed on the device in float64 (exactly what Python floats did): no host sync per batch.
         totals, n = torch.zeros(members, dtype=torch.float64, device=self.device), 0
         for x, y in split.batches(batch_size):
+            x, y = as_model_dtype(x, y, dtype)
             with autocast():
                 out = forward(x)
-            out = out.float()
             for k in range(members):
-                totals[k] += self.loss(out[k], y).double() * len(x)
+                totals[k] += self.loss_of(out[k], y).double() * len(x)
                 scores[k].update(out[k], y)
             n += len(x)
         results = []
@@ -314,6 +336,29 @@ class _Task:
                 result[metric_key(prefix, "confusion_matrix")] = member.confusion_matrix().tolist()
             results.append(result)
         return results
+
+
+def as_model_dtype(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch in the model's floating dtype (no-op for the float32 models of a normal run; float64 models
+    in equivalence tests)."""
+    return x.to(dtype), (y.to(dtype) if y.is_floating_point() else y)
+
+
+def _autocast(device: torch.device, training: TrainingConfig):
+    """bf16 autocast on CUDA when ``training.amp``; a no-op context elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and training.amp)
+
+
+def _about(device: torch.device, baseline: bool) -> dict:
+    """Where a trial runs: the host, device and baseline keys of its reports."""
+    return {HOST: socket.gethostname(),
+            DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            BASELINE: baseline}
+
+
+def _compiled(fn: Callable, training: TrainingConfig) -> Callable:
+    """``fn`` compiled as ``training`` asks (``compile``, ``compile_backend``), else ``fn`` itself."""
+    return torch.compile(fn, backend=training.compile_backend) if training.compile else fn
 
 
 def _channels_last(model: nn.Module) -> None:
@@ -334,29 +379,57 @@ class TrialSetup:
     data: object
 
 
-def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu") -> TrialSetup:
-    """Data, model, optimiser, LR schedule and data-order generator of a trial, before any training.
-
-    The initial weights and the data order depend on the seed only, never on α: the model is
-    built and initialised with plain convs, then weighted (``wconv.models.build``).
-    """
-    from wconv import data, models
+def load_data(config: TrialConfig, device: torch.device | str = "cpu"):
+    """The trial's dataset (``wconv.data.TaskData``) on ``device``."""
+    from wconv import data
 
     tc = config.training
-    device = torch.device(device)
-    td = data.load(config.dataset, root=config.dataset_root, device=device, noise_sigma=tc.noise_sigma,
-                   hflip=tc.hflip, random_crop=tc.random_crop, **config.dataset_options)
+    return data.load(config.dataset, root=config.dataset_root, device=device, noise_sigma=tc.noise_sigma,
+                     hflip=tc.hflip, random_crop=tc.random_crop, **config.dataset_options)
+
+
+def build_model(config: TrialConfig, td, device: torch.device | str = "cpu") -> nn.Module:
+    """The trial's model, initialised from its seed, then weighted with its α; the global RNGs are left
+    seeded as training expects them (dropout draws from them).
+
+    The initial weights depend on the seed only, never on α: the model is built and initialised with
+    plain convs, then weighted (``wconv.models.build``, ``wconv.convert``).
+    """
+    from wconv import models
+
+    tc, device = config.training, torch.device(device)
+    learnable = tc.learnable_alpha and config.alpha is not None
     _seed_everything(config.seed)
-    model = models.build(config.model, kernel_size=config.kernel_size, alpha=config.alpha,
-                         in_channels=td.in_channels, num_classes=td.num_classes, **config.model_options).to(device)
+    model = models.build(config.model, kernel_size=config.kernel_size, alpha=None if learnable else config.alpha,
+                         in_channels=td.in_channels, num_classes=td.num_classes, **config.model_options)
+    if learnable:
+        convert(model, {config.kernel_size: config.alpha}, learnable=True)
+    model.to(device)
     if device.type == "cuda" and tc.channels_last:
         _channels_last(model)
-    groups = param_groups(model, tc.weight_decay)
+    return model
+
+
+def make_optimizer(groups: list[dict], training: TrainingConfig) -> tuple[torch.optim.Optimizer,
+                                                                           torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser over ``groups`` (``wconv.param_groups``) and its cosine LR schedule (Sect. 4.1, 4.2)."""
+    tc = training
     if tc.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum)
     else:
         optimizer = torch.optim.Adam(groups, lr=tc.lr, betas=tuple(tc.betas))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
+
+
+def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu") -> TrialSetup:
+    """Data, model, optimiser, LR schedule and data-order generator of a trial, before any training.
+
+    The initial weights and the data order depend on the seed only, never on α (``build_model``).
+    """
+    device = torch.device(device)
+    td = load_data(config, device)
+    model = build_model(config, td, device)
+    optimizer, scheduler = make_optimizer(param_groups(model, config.training.weight_decay), config.training)
     order = torch.Generator().manual_seed(config.seed)
     return TrialSetup(model, optimizer, scheduler, order, td)
 
@@ -416,15 +489,13 @@ class _Trial:
         self.checkpoint = checkpoint_dir / CHECKPOINT
         self.setup = prepare_trial(config, self.device)
         self.task = _Task(self.setup.data.task, self.training, self.setup.data.num_classes, self.device)
-        cuda = self.device.type == "cuda"
-        self.about = {HOST: socket.gethostname(),
-                      DEVICE: torch.cuda.get_device_name(self.device) if cuda else "cpu",
-                      BASELINE: config.baseline}
+        self.dtype = next(self.setup.model.parameters()).dtype
+        self.about = _about(self.device, config.baseline)
         self.progress = _Progress()
+        self.forward = _compiled(self.setup.model, self.training)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.device.type == "cuda" and self.training.amp)
+        return _autocast(self.device, self.training)
 
     def restore(self) -> None:
         """Continue from the checkpoint, if there is one."""
@@ -453,8 +524,9 @@ class _Trial:
         for step, (x, y) in enumerate(s.data.train.batches(tc.batch_size, s.order)):
             if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
                 break
+            x, y = as_model_dtype(x, y, self.dtype)
             with self.autocast():
-                loss = self.task.loss(s.model(x).float(), y)
+                loss = self.task.loss_of(self.forward(x), y)
             s.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             s.optimizer.step()
@@ -464,10 +536,9 @@ class _Trial:
         return total.item() / max(n, 1)
 
     def evaluate(self, split, prefix: str, final: bool = False) -> dict:
-        model = self.setup.model
-        model.eval()
-        return self.task.evaluate(lambda x: model(x)[None], 1, split, self.training.batch_size, self.autocast,
-                                  prefix, final)[0]
+        self.setup.model.eval()
+        return self.task.evaluate(lambda x: self.forward(x)[None], 1, split, self.training.batch_size,
+                                  self.autocast, self.dtype, prefix, final)[0]
 
     def validate(self) -> dict:
         return self.evaluate(self.setup.data.val, VAL)

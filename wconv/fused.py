@@ -1,0 +1,371 @@
+"""Fused α-trials: K trials of one cell trained as one model (horizontal fusion; HFTA, Wang et al., MLSys 2021).
+
+The trials of a cell share the architecture, the seed — hence the initial weights — and the data order,
+batch for batch (``wconv.train.build_model``, ``wconv.data.split``); they differ only in the density Φ.
+``run_group`` trains K of them at once: every batch is read and augmented once, and each layer runs once
+for all K members, so a small model fills a GPU that one trial leaves mostly idle.
+
+Why ``torch.func`` (``stack_module_state`` + ``functional_call`` under ``vmap``) rather than a K-wide rewrite
+---------------------------------------------------------------------------------------------------------
+- It trains every registered model unchanged. A rewrite needs a K-wide twin of every layer type (grouped
+  Conv1d/2d/3d, BatchNorm over K·C channels, batched Linear, LayerNorm per group, gMLP's spatial gating,
+  the SNN's gates) and a test for each; vmap's batching rules do that rewrite per operation: a conv with
+  stacked weights and a shared input becomes one conv with K·C_out channels, with stacked inputs one
+  grouped conv (groups = K).
+- Members stay independent. The step minimises the sum of the member losses, which share no parameter,
+  so each member's gradient is its own. BatchNorm's buffers are stacked like the weights: batch statistics
+  and running statistics are per member (in-place updates land in each member's slice). Dropout uses
+  ``randomness="same"``: every member draws the mask that a lone trial with the same seed draws.
+- The optimiser is torch's own over the stacked parameters. SGD (momentum, weight decay), Adam (moments)
+  and the cosine schedule are elementwise and step together, so each member's slice gets exactly the
+  update it gets alone; learnable α (``log_alpha``) is stacked like any parameter and kept out of weight
+  decay as ``wconv.param_groups`` does. Dropping a member slices parameters, buffers and optimiser state.
+- The cost of generality: the batching rules pick generic kernels (the stacked 5-D weights are not
+  channels_last); ``benchmarks/gpu.py`` measures what fusion gains per member.
+
+Each member is the trial ``run_trial`` runs with its α and the cell's seed: the same reports (plus
+``member`` and ``alpha``), the same early stopping, and — when it ends — a ``trial.pt`` in its own folder in
+``run_trial``'s format, so ``resume_trial`` on that folder hands its result back like any finished trial.
+The group's own checkpoint (``group.pt``, every epoch, atomic) resumes the group exactly.
+
+How a cell's search drives a fused group
+----------------------------------------
+- The searcher proposes K α at a time: an Optuna study of the cell asked K times (``study.ask()``; TPE with
+  ``constant_liar=True`` keeps the K proposals apart), the baseline α = 1 as member 0 of the cell's first group.
+- One group is one unit of work: with Ray Tune, one Tune trial per group (a function trainable calling
+  ``run_group`` with one GPU), named by the group's α; the trial's folder holds ``group.pt`` and one folder
+  per member named by its α (the launcher's ``trial_key``), so the store keeps one row per member.
+- Every member report goes through ``report(metrics, member_dir)``: the trainable forwards it (``tune.report``
+  of the member's metrics with its ``member``/``alpha``, and the store callback writes a row per member).
+- The scheduler decides per member, inside the group: ``report`` returns None to continue a member or a
+  one-line reason to stop it. An ASHA rung decision per member needs the rung values of the whole cell,
+  which the store has (every member's per-epoch rows): the trainable asks "is this member's metric at epoch
+  r below the cell's cut-off at rung r?" and returns "stopped by ASHA at rung r". The stopped member ends
+  with ``trial_status="stopped"``, the others go on with K − 1; a member that ends (budget, patience,
+  non-finite loss, stopped) never disturbs the rest.
+- When the group is done, the searcher is told each member's ``final_value`` (``study.tell``), then asks
+  for the next K. A killed group restarts from ``group.pt`` (its first report per member replays the
+  earlier epochs, as ``run_trial``'s does); members that had ended report their results again.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from wconv.conv import param_groups
+from wconv.train import (
+    ALPHA,
+    BEST_EPOCH,
+    CHECKPOINT,
+    COMPLETED,
+    EPOCH,
+    FAILED,
+    LR,
+    MEMBER,
+    STOPPED,
+    TEST,
+    TRAIN_LOSS,
+    VAL,
+    VAL_LOSS,
+    FinalReport,
+    TrialConfig,
+    TrialStatus,
+    _about,
+    _autocast,
+    _compiled,
+    _device,
+    _outcome,
+    _Progress,
+    _rng_state,
+    _save_atomic,
+    _set_rng_state,
+    _Task,
+    as_model_dtype,
+    build_model,
+    load_data,
+    make_optimizer,
+)
+
+GROUP_CHECKPOINT = "group.pt"
+MemberReport = Callable[[dict, Path], Optional[str]]
+"""``report(metrics, member_dir)`` after each epoch of each member (``EpochReport`` plus ``member`` and
+``alpha``; the last one a ``FinalReport``). Return None to go on, or a one-line reason to stop the member."""
+
+
+def check_group(members: Sequence[TrialConfig]) -> None:
+    """ValueError unless ``members`` can train as one group: the same trial but for α (and the baseline
+    flag), distinct α, and no standard-conv member when α is learnable."""
+    if not members:
+        raise ValueError("a fused group needs at least one member")
+    first = replace(members[0], alpha=None, baseline=False)
+    for i, m in enumerate(members):
+        if replace(m, alpha=None, baseline=False) != first:
+            raise ValueError(f"member {i}: a fused group's members may differ only in alpha and baseline "
+                             f"(model, dataset, kernel size, seed, training and options must be equal)")
+    alphas = [m.alpha for m in members]
+    if len(set(alphas)) != len(alphas):
+        raise ValueError(f"a fused group's members need distinct alpha, got {alphas}")
+    if members[0].training.learnable_alpha and None in alphas:
+        raise ValueError("training.learnable_alpha: the baseline (alpha None) cannot join a learnable-α group; "
+                         "run it alone with run_trial")
+
+
+def _weighted(config: TrialConfig) -> TrialConfig:
+    """A standard-conv member is trained as Φ = 1 (``weight * 1`` is ``weight`` exactly), so every member
+    has the same modules."""
+    if config.alpha is not None:
+        return config
+    return replace(config, alpha=(1.0,) * ((config.kernel_size - 1) // 2))
+
+
+def _slice_state(state: dict, index) -> dict:
+    """An optimiser ``state_dict`` cut to the members at ``index`` (an int: one member, unstacked)."""
+    return {"state": {p: {k: v[index].clone() if torch.is_tensor(v) and v.dim() > 0 else v
+                          for k, v in st.items()} for p, st in state["state"].items()},
+            "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+class _Group:
+    """The state of a fused group: stacked parameters and buffers of its running members, their optimiser,
+    LR schedule and data order, and each member's ``_Progress``."""
+
+    def __init__(self, members: Sequence[TrialConfig], checkpoint_dir: Path, member_dirs: Sequence[Path]):
+        check_group(members)
+        self.members, self.member_dirs = list(members), list(member_dirs)
+        self.training = tc = members[0].training
+        self.device = _device()
+        self.checkpoint = checkpoint_dir / GROUP_CHECKPOINT
+        self.data = load_data(members[0], self.device)
+        self.task = _Task(self.data.task, tc, self.data.num_classes, self.device)
+        # Each build re-seeds the global RNGs, so they end as after one trial's build (dropout draws next).
+        modules = [build_model(_weighted(m), self.data, self.device) for m in members]
+        template = modules[0]
+        self.dtype = next(template.parameters()).dtype
+        self.state_keys = list(template.state_dict())
+        names = {id(p): n for n, p in template.named_parameters()}
+        self.param_groups = [([names[id(p)] for p in g["params"]], g["weight_decay"])
+                             for g in param_groups(template, tc.weight_decay)]
+        self.params, self.buffers = stack_module_state(modules)
+        self.base = copy.deepcopy(template).to("meta")
+        self.optimizer, self.scheduler = make_optimizer(self._groups(), tc)
+        self.order = torch.Generator().manual_seed(members[0].seed)
+        self.active = list(range(len(members)))
+        """Members still training, in the order of the stacked tensors."""
+        self.progress = [_Progress() for _ in members]
+        self.epoch, self.elapsed = 0, 0.0
+        self.about = [dict(_about(self.device, m.baseline), **{MEMBER: i, ALPHA: None if m.alpha is None
+                                                               else list(m.alpha)}) for i, m in enumerate(members)]
+        self.losses, self.outputs = _compiled(self._losses, tc), _compiled(self._outputs, tc)
+
+    def _groups(self) -> list[dict]:
+        return [{"params": [self.params[n] for n in names], "weight_decay": wd} for names, wd in self.param_groups]
+
+    def _losses(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(members,) training losses of one shared batch."""
+        def one(p, b):
+            return self.task.loss_of(functional_call(self.base, (p, b), (x,)), y)
+        return vmap(one, randomness="same")(params, buffers)
+
+    def _outputs(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        """(members, N, ...) outputs for one shared batch."""
+        return vmap(lambda p, b: functional_call(self.base, (p, b), (x,)), randomness="same")(params, buffers)
+
+    def autocast(self):
+        return _autocast(self.device, self.training)
+
+    # ------------------------------------------------------------ the steps
+
+    def train_epoch(self) -> list[float]:
+        """One epoch of fused optimiser steps and the LR scheduler's step; each running member's mean loss."""
+        tc = self.training
+        self.base.train()
+        totals, n = torch.zeros(len(self.active), device=self.device), 0
+        for step, (x, y) in enumerate(self.data.train.batches(tc.batch_size, self.order)):
+            if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
+                break
+            x, y = as_model_dtype(x, y, self.dtype)
+            with self.autocast():
+                losses = self.losses(self.params, self.buffers, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()  # members share no parameter: each gets its own gradient
+            self.optimizer.step()
+            totals += losses.detach() * len(x)  # summed on the device: no host sync per step
+            n += len(x)
+        self.scheduler.step()
+        return [t / max(n, 1) for t in totals.tolist()]
+
+    def evaluate(self, params: dict, buffers: dict, split, prefix: str, final: bool = False) -> list[dict]:
+        self.base.eval()
+        count = len(next(iter(params.values())))
+        return self.task.evaluate(lambda x: self.outputs(params, buffers, x), count, split,
+                                  self.training.batch_size, self.autocast, self.dtype, prefix, final)
+
+    def validate(self) -> list[dict]:
+        return self.evaluate(self.params, self.buffers, self.data.val, VAL)
+
+    def test(self, ending: list[int]) -> dict[int, dict]:
+        """The test metrics of the best-epoch models of members ``ending``, in one fused pass."""
+        if not ending:
+            return {}
+        states = [self.progress[i].best_model for i in ending]
+        positions = [self.active.index(i) for i in ending]
+        params = {n: torch.stack([s[n] for s in states]) for n in self.params}
+        # Non-persistent buffers (a fixed Φ) are not in a state dict; they never change.
+        buffers = {n: torch.stack([s[n] if n in s else b[pos] for s, pos in zip(states, positions)])
+                   for n, b in self.buffers.items()}
+        return dict(zip(ending, self.evaluate(params, buffers, self.data.test, TEST, final=True)))
+
+    def member_state(self, position: int) -> dict:
+        """The ``state_dict`` of the member at ``position`` of the stack, as its lone model would have it."""
+        tensors = {**self.params, **self.buffers}
+        return {k: tensors[k][position].detach().clone() for k in self.state_keys}
+
+    # ------------------------------------------------------------ members ending
+
+    def end(self, ending: dict[int, tuple[TrialStatus, str]], reports: dict[int, dict]) -> None:
+        """Finish members ``ending`` (index → status, reason): their final reports and ``trial.pt``; then
+        the group goes on without them, and is checkpointed."""
+        tests = self.test([i for i, (status, _) in ending.items() if status == COMPLETED])
+        for i, (status, reason) in ending.items():
+            p, final = self.progress[i], {}
+            if status != FAILED and p.best_metrics is not None:
+                final = {k: v for k, v in p.best_metrics.items() if k.startswith(VAL + "_")}
+                final.update(tests.get(i, {}))
+                final[BEST_EPOCH] = p.best_epoch
+            p.result = FinalReport(**reports[i], finished=True, trial_status=status, reason=reason, final=final,
+                                   metric_settings=self.task.settings)
+            self._save_member(i, status)
+        self._keep([pos for pos, i in enumerate(self.active) if i not in ending])
+        self.save()
+
+    def _save_member(self, i: int, status: TrialStatus) -> None:
+        """The member's ``trial.pt`` as ``run_trial`` leaves it when it ends (best model if completed)."""
+        pos = self.active.index(i)
+        p = self.progress[i]
+        model = p.best_model if status == COMPLETED else self.member_state(pos)
+        _save_atomic({"model": model, "optimizer": _slice_state(self.optimizer.state_dict(), pos),
+                      "scheduler": self.scheduler.state_dict(), "order": self.order.get_state(), "rng": _rng_state(),
+                      "state": vars(p), "config": asdict(self.members[i])}, self.member_dirs[i] / CHECKPOINT)
+
+    def _keep(self, positions: list[int]) -> None:
+        """Go on with the members at ``positions`` of the stack: slice parameters, buffers and optimiser state."""
+        if positions == list(range(len(self.active))):
+            return
+        index = torch.tensor(positions, dtype=torch.long, device=self.device)
+        optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        self.params = {n: p.detach()[index].clone().requires_grad_(p.requires_grad) for n, p in self.params.items()}
+        self.buffers = {n: b[index].clone() for n, b in self.buffers.items()}
+        self.optimizer, self.scheduler = make_optimizer(self._groups(), self.training)
+        # The scheduler's constructor resets the groups' lr; the optimiser's state dict brings it back.
+        self.scheduler.load_state_dict(scheduler)
+        self.optimizer.load_state_dict(_slice_state(optimizer, index))
+        self.active = [self.active[pos] for pos in positions]
+
+    # ------------------------------------------------------------ checkpoint
+
+    def save(self) -> None:
+        _save_atomic({"active": self.active, "epoch": self.epoch, "elapsed": self.elapsed,
+                      "params": {n: p.detach() for n, p in self.params.items()}, "buffers": self.buffers,
+                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                      "order": self.order.get_state(), "rng": _rng_state(),
+                      "progress": [vars(p) for p in self.progress],
+                      "members": [asdict(m) for m in self.members]}, self.checkpoint)
+
+    def restore(self) -> None:
+        """Continue from ``group.pt``, if there is one."""
+        if not self.checkpoint.exists():
+            return
+        saved = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        if saved["members"] != [asdict(m) for m in self.members]:
+            raise ValueError(f"{self.checkpoint}: holds the checkpoint of another group; give this group "
+                             f"its own folder or delete that file")
+        self._keep([self.active.index(i) for i in saved["active"]])
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(saved["params"][n])
+            for n, b in self.buffers.items():
+                b.copy_(saved["buffers"][n])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.order.set_state(saved["order"])
+        _set_rng_state(saved["rng"])
+        self.progress = [_Progress(**p) for p in saved["progress"]]
+        self.epoch, self.elapsed = saved["epoch"], saved["elapsed"]
+
+
+def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_dir: Path | str,
+              member_dirs: Optional[Sequence[Path | str]] = None) -> list[FinalReport]:
+    """Train ``members`` — trials of one cell that differ only in α — as one fused model; return each
+    member's ``FinalReport``, in order.
+
+    Reports, early stopping and outcomes per member are ``run_trial``'s; ``report`` may also stop a
+    member (see ``MemberReport``), which ends as ``trial_status="stopped"`` with its best epoch's ``val_*``.
+    A member's ``wall_time_s`` is the group's: the time it shared the device for. The group checkpoints
+    to ``checkpoint_dir/group.pt`` every epoch and continues from it exactly; members report to, and leave
+    their ``trial.pt`` in, ``member_dirs`` (default ``checkpoint_dir/member-<i>``).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    dirs = [Path(d) for d in member_dirs] if member_dirs is not None else [
+        checkpoint_dir / f"member-{i}" for i in range(len(members))]
+    if len(dirs) != len(members):
+        raise ValueError(f"{len(members)} members but {len(dirs)} member_dirs")
+    for d in (checkpoint_dir, *dirs):
+        d.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    group = _Group(members, checkpoint_dir, dirs)
+    group.restore()
+    replay = {i: [dict(m) for m in p.history] for i, p in enumerate(group.progress)}
+    for i, p in enumerate(group.progress):
+        if p.result is not None:  # ended before the restart: hand its result to the caller again
+            report(dict(p.result, replay=replay.pop(i)), dirs[i])
+    elapsed0 = group.elapsed
+    while group.active:
+        reports, ending = _epoch(group, lambda: elapsed0 + time.time() - started)
+        group.end(ending, reports)
+        stops = {}
+        for i in reports:
+            result = group.progress[i].result if i in ending else reports[i]
+            earlier = replay.pop(i, [])
+            decision = report(dict(result, replay=earlier) if earlier else result, dirs[i])
+            if decision and i not in ending:
+                stops[i] = (STOPPED, str(decision))
+        if stops:
+            group.end(stops, reports)
+            for i in stops:
+                report(group.progress[i].result, dirs[i])
+    return [p.result for p in group.progress]
+
+
+def _epoch(group: _Group, elapsed: Callable[[], float]) -> tuple[dict[int, dict], dict[int, tuple[TrialStatus, str]]]:
+    """Train and validate one epoch of the running members: their reports and which of them end.
+    ``elapsed()`` is the group's time so far, over all restarts."""
+    epoch = group.epoch + 1
+    train_losses = group.train_epoch()
+    lr = group.scheduler.get_last_lr()[0]
+    finite = [math.isfinite(loss) for loss in train_losses]
+    validation = group.validate() if any(finite) else []
+    group.epoch, group.elapsed = epoch, elapsed()
+    reports, ending = {}, {}
+    for pos, i in enumerate(group.active):
+        p = group.progress[i]
+        metrics = {EPOCH: epoch, TRAIN_LOSS: train_losses[pos], LR: lr}
+        if finite[pos]:  # a member whose training loss is not finite fails without validation, as alone
+            metrics.update(validation[pos])
+            if math.isfinite(metrics[VAL_LOSS]):
+                p.record(metrics, lambda pos=pos: group.member_state(pos))
+        status, reason = _outcome(p, metrics, group.training, group.members[i].baseline)
+        p.epoch, p.elapsed = epoch, group.elapsed
+        p.history.append(metrics)
+        reports[i] = dict(metrics, **group.about[i], wall_time_s=p.elapsed)
+        if status is not None:
+            ending[i] = (status, reason)
+    return reports, ending
