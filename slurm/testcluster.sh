@@ -204,8 +204,11 @@ start_slurmdbd() {
 # The cluster, a debug QOS, the account and its users, once (sacctmgr -i: no confirmation prompt).
 ensure_accounting() {
     [[ -n $(sacctmgr -n -P show cluster "$CLUSTER" format=cluster) ]] || sacctmgr -i add cluster "$CLUSTER" >/dev/null
+    # DenyOnLimit: sbatch refuses a job over the QOS's limits instead of queueing it forever.
     [[ -n $(sacctmgr -n -P show qos "$DEBUG_QOS" format=name) ]] ||
-        sacctmgr -i add qos "$DEBUG_QOS" MaxWall=00:30:00 >/dev/null
+        sacctmgr -i add qos "$DEBUG_QOS" MaxWall=00:30:00 Flags=DenyOnLimit >/dev/null
+    [[ $(sacctmgr -n -P show qos "$DEBUG_QOS" format=flags) == *DenyOnLimit* ]] ||
+        sacctmgr -i modify qos "$DEBUG_QOS" set Flags=DenyOnLimit >/dev/null
     [[ -n $(sacctmgr -n -P show account "$ACCOUNT" format=account) ]] ||
         sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description="wconv tests" Organization=wconv >/dev/null
     local user

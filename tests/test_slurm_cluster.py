@@ -96,6 +96,22 @@ def test_scontrol_requeue_restarts_a_running_job(slurm_cluster, tmp_path):
         subprocess.run(["scancel", job], capture_output=True, timeout=60)
 
 
+def test_debug_qos_refuses_what_the_local_profile_refuses(slurm_cluster):
+    limit = load_profile(slurm_cluster.profile).qos_max_timeout_min[slurm_cluster.debug_qos]
+    over = subprocess.run(["sbatch", "-p", slurm_cluster.partition, "-A", slurm_cluster.account, "--qos",
+                           slurm_cluster.debug_qos, "--time", str(limit + 1), "-o", "/dev/null", "--wrap", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert over.returncode != 0 and "QOSMaxWallDurationPerJobLimit" in over.stderr, over.stderr
+    at_limit = _sbatch(slurm_cluster, "--qos", slurm_cluster.debug_qos, "--time", str(limit), script="#!/bin/bash\n")
+    assert _ended(at_limit)[at_limit] == "COMPLETED 0:0"
+
+
+def test_a_job_without_a_known_account_is_refused(slurm_cluster):
+    done = subprocess.run(["sbatch", "-p", slurm_cluster.partition, "-A", "no_such_account", "-o", "/dev/null",
+                           "--wrap", "true"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Invalid account" in done.stderr, done.stderr
+
+
 def _allocation() -> dict[str, str]:
     return {name: os.environ.get(name, "") for name in ("CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK",
                                                         "SLURM_JOB_PARTITION", "RAY_USAGE_STATS_ENABLED")}
