@@ -232,6 +232,9 @@ def _problem(error: dict) -> list[str]:
 
 def parse_profile(data: Any, path: str = "<profile>") -> ClusterProfile:
     """Validate a profile's raw mapping; every problem is one line naming the field."""
+    if data is None:
+        raise ProfileError(path, ["the file holds no profile; write its fields (name, partition, gpus_per_node, "
+                                  "cpus_per_node, timeout_min, …)"])
     if not isinstance(data, dict):
         raise ProfileError(path, ["the file must be a YAML mapping of profile fields (name, partition, "
                                   f"gpus_per_node, cpus_per_node, timeout_min, …), not a {type(data).__name__}"])
@@ -285,7 +288,8 @@ def load_profile(path: Union[str, Path], overrides: Optional[list[str]] = None) 
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ProfileError(source, [f"{where}not valid YAML ({getattr(e, 'problem', None) or e}); fix the file"]) from None
+        problem = getattr(e, "problem", None) or e
+        raise ProfileError(source, [f"{where}not valid YAML ({problem}); fix the file"]) from None
     if overrides:
         if not isinstance(data, dict):
             raise ProfileError(source, ["the file must be a YAML mapping of profile fields"])

@@ -129,6 +129,7 @@ def test_several_problems_give_one_line_each(tmp_path):
 @pytest.mark.parametrize("text, says", [
     ("- just\n- a list\n", "the file must be a YAML mapping of profile fields"),
     ("name: [unclosed\n", "line 2, column 1: not valid YAML"),
+    ("# nothing but a comment\n", "the file holds no profile"),
 ])  # fmt: skip
 def test_a_file_that_is_not_a_profile_is_one_line(tmp_path, text, says):
     [line] = _problems(tmp_path, text)
