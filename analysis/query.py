@@ -123,10 +123,8 @@ def _by_cell(frames: Frames) -> list[dict]:
         finished = (group["status"] == "completed") & values.notna()
         is_baseline = group["baseline"].fillna(False).astype(bool)
 
-        best = None
-        candidates = values[finished & ~is_baseline]
-        if mode in ("min", "max") and not candidates.empty:
-            best = group.loc[candidates.idxmin() if mode == "min" else candidates.idxmax()]
+        choice = choose_alpha(group, metric, mode)
+        best = None if choice is None else group[group["trial_id"] == choice.trials[0]].iloc[0]
         baselines = group[finished & is_baseline].sort_values("updated_at")
         baseline_value = None if baselines.empty else values[baselines.index[-1]]
         best_value = None if best is None else values[best.name]
@@ -182,7 +180,7 @@ def choose_alpha(group: pd.DataFrame, metric: str | None, mode: str | None) -> A
 
     Only α values run on the most seeds compete (an α seen on one lucky seed does not beat one seen on
     all of them); only seeds where α = 1 finished count, unless none did (then the best mean value wins).
-    With one seed this is the per-cell best.
+    With one seed this is the per-cell best. A tie goes to the smaller α.
     """
     if mode not in ("min", "max"):
         return None

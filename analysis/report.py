@@ -17,12 +17,13 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
+
+from sqlalchemy.engine import make_url
 
 from analysis.frames import Frames, ResultsError, load
 from analysis.query import best_alpha, compact_view, format_table, search_trials
-from analysis.store import Store
-from sqlalchemy.engine import make_url
+from analysis.store import TERMINAL, Store
 
 MANIFEST = "wconv-report.json"
 GENERATOR = "wconv report"
@@ -35,7 +36,7 @@ class ReportFolderError(Exception):
 class Progress:
     """One live line on a terminal (``\\r``), one line per step elsewhere (logs, CI)."""
 
-    def __init__(self, total: int, out: TextIO = sys.stderr):
+    def __init__(self, total: int, out: TextIO):
         self.total, self.done, self.out = total, 0, out
         self.live = out.isatty()
 
@@ -51,17 +52,22 @@ class Progress:
         self.out.flush()
 
 
-def write_report(source: str | Store | Frames, sweep: str, out: Path | str, *, progress_to: TextIO = sys.stderr,
+def write_report(source: str | Store | Frames, sweep: str, out: Path | str, *, progress_to: TextIO | None = None,
                  ) -> Path:
-    """Render the report of ``sweep`` into ``out``; return the path of its ``index.html``."""
+    """Render the report of ``sweep`` into ``out``; return the path of its ``index.html``. Progress goes to
+    ``progress_to`` (default: standard error)."""
     from analysis import figures, tables
 
     out = Path(out)
     owned = _owned_files(out)
     frames = (source if isinstance(source, Frames) else load(source, sweep=sweep)).select(sweep)
     info = frames.sweep(sweep)
-    if search_trials(frames).empty:
+    search = search_trials(frames)
+    if search.empty:
         raise ResultsError(f"sweep {sweep!r} has no search trials yet; run `wconv run` on its sweep file first")
+    if not search["status"].isin(TERMINAL).any():
+        raise ResultsError(f"sweep {sweep!r} has no finished trial yet ({len(search)} running); "
+                           "run the report again when some have finished")
     if info.get("metric") is None or info.get("mode") not in ("min", "max"):
         raise ResultsError(f"sweep {sweep!r} has no metric/mode recorded (a partly written database); "
                            "run the sweep again to record it")
@@ -72,9 +78,15 @@ def write_report(source: str | Store | Frames, sweep: str, out: Path | str, *, p
     if confirm is not None:
         listing.append(confirm)
     plots = figures.plots(frames, info)
-    progress = Progress(len(listing) + len(plots) + 2, progress_to)
+    planned = ["best_alpha.csv", *(f"{t.name}{suffix}" for t in listing for suffix in (".md", ".csv", ".tex")),
+               *(f"figures/{p.name}" for p in plots), "index.html"]
+    _check_foreign(out, owned, planned)
+    progress = Progress(len(listing) + len(plots) + 2, progress_to or sys.stderr)
 
-    staging = Path(tempfile.mkdtemp(prefix=".wconv-report-", dir=_staging_parent(out)))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Staged beside the final files (same filesystem), so publishing is a rename per file.
+    staging = Path(tempfile.mkdtemp(prefix=".wconv-report-", dir=out))
     try:
         written: list[str] = []
         best = best_alpha(frames, sweep, by="model")
@@ -102,10 +114,11 @@ def write_report(source: str | Store | Frames, sweep: str, out: Path | str, *, p
         (staging / "index.html").write_text(_index_html(info, frames, best, listing, shown, source))
         written.append("index.html")
         progress.step("index.html")
-        _check_foreign(out, owned, written)
         _publish(staging, out, owned, written, sweep)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(out if created else staging, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return out / "index.html"
 
 
@@ -126,12 +139,6 @@ def _owned_files(out: Path) -> set[str]:
         return {str(f) for f in data["files"]}
     except (ValueError, KeyError, TypeError):
         raise ReportFolderError(f"{manifest} is not a wconv report manifest; choose another --out") from None
-
-
-def _staging_parent(out: Path) -> Path:
-    """Stage beside the final files (same filesystem, so moving them in is a rename)."""
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _check_foreign(out: Path, owned: set[str], written: list[str]) -> None:

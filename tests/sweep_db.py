@@ -1,0 +1,62 @@
+"""A real results database for the analysis tests: the smoke sweeps, shrunk, run once per test session through
+the ``wconv`` command in subprocesses (real Ray local clusters, real trials, real SQLite).
+
+Import the fixtures into a test module (``from sweep_db import smoke_db  # noqa: F401``); the database is built
+once per session however many modules use it (module-level cache: pytest would run a session fixture once per
+module that imports it).
+
+Shrunk so both sweeps, run side by side, take about a minute on 2 cores: classification (digits, tiny_cnn,
+3×3) with 3 sampled α and 4 epochs; denoising (natural images, tiny_denoiser) at 5×5 only, 12 test tiles and
+64 training patches per epoch. ASHA (grace period 2) stops some trials at epoch 2, so the results hold
+completed, stopped and baseline trials, a confusion matrix and denoiser checkpoints.
+
+While working on the analysis, ``WCONV_SMOKE_DB=/path/results.db`` reuses a database an earlier ``build`` wrote
+(its checkpoints must still be where it recorded them) instead of running the sweeps again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WCONV = Path(sys.executable).with_name("wconv")
+CLASSIFICATION, DENOISING = "smoke", "smoke_denoise"
+RUNS = {
+    CLASSIFICATION: ["sweeps/smoke.yaml", "--set", "search.num_samples=3", "--set", "training.epochs=4"],
+    DENOISING: ["sweeps/smoke_denoise.yaml", "--set", "search.num_samples=3", "--set", "training.epochs=4",
+                "--set", "kernels={5: [[0.05, 1.5], [0.5, 1.5]]}", "--set", "dataset.options.tiles_per_image=12",
+                "--set", "dataset.options.patches_per_epoch=64"],
+}
+_built: dict[str, Path] = {}
+
+
+def build(base: Path) -> Path:
+    """Run both smoke sweeps into ``base/results.db`` (checkpoints under ``base/runs``); fail with their output."""
+    db = base / "results.db"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = {}
+    for name, args in RUNS.items():
+        cmd = [str(WCONV), "run", *args, "--storage", f"sqlite:///{db}", "--runs-dir", str(base / "runs"),
+               "--num-cpus", "2"]
+        log = open(base / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    for name, (proc, log) in procs.items():
+        rc = proc.wait(timeout=900)
+        log.close()
+        if rc != 0:
+            raise AssertionError(f"`wconv run` of {name} exited {rc}:\n{(base / f'{name}.log').read_text()[-4000:]}")
+    return db
+
+
+@pytest.fixture(scope="session")
+def smoke_db(tmp_path_factory) -> Path:
+    """Path of the session's results database (read it; copy it before writing to it)."""
+    if "db" not in _built:
+        reuse = os.environ.get("WCONV_SMOKE_DB")
+        _built["db"] = Path(reuse) if reuse else build(tmp_path_factory.mktemp("smoke_sweeps"))
+    return _built["db"]
