@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from analysis.store import Store
 from launch.cli import main
 from official_formats import write_cifar100, write_div2k
 
@@ -28,9 +29,19 @@ def test_data_check_reports_a_truncated_png(tmp_path, capsys):
     assert "DIV2K" in err and len(err.strip().splitlines()) == 1
 
 
-def test_best_on_an_empty_database_says_so(tmp_path, capsys):
-    assert main(["best", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 0
+def test_best_on_a_database_without_finished_cells_says_so_and_changes_nothing(tmp_path, capsys):
+    db = tmp_path / "x.db"
+    Store(f"sqlite:///{db}").close()
+    before = db.read_bytes()
+    assert main(["best", "--storage", f"sqlite:///{db}"]) == 0
     assert "no finished cell" in capsys.readouterr().out
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+def test_best_on_a_missing_database_creates_none(tmp_path, capsys):
+    assert main(["best", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    assert "no results yet at" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_unreachable_database_is_a_user_error(capsys):

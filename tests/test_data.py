@@ -3,6 +3,7 @@ the datasets bundled with scikit-learn / scikit-image (offline)."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wconv.data import DATASETS, DatasetError, Split, TaskData, check, load
+from wconv.data import DATASETS, DatasetError, Split, TaskData, check, check_options, load, options
 from wconv.data import cifar
 from wconv.data.split import random_crops, stratified_holdout, tiles
 from official_formats import _write_py2_pickle, write_cifar100, write_div2k
@@ -297,6 +298,31 @@ def test_div2k_truncated_png_is_named(div2k_root):
 
 
 # ---------------------------------------------------------------- API
+
+
+def test_options_are_the_load_keywords_each_dataset_uses():
+    public = inspect.signature(load, eval_str=True).parameters
+    for name in DATASETS:
+        declared = options(name)
+        assert {"root", "device", "name"}.isdisjoint(declared)
+        assert all(declared[k] == public[k] for k in declared), name
+    assert "val_fraction" not in options("natural"), "natural is split by image; val_fraction does not apply"
+    assert {"patch_size", "noise_sigma"}.isdisjoint(options("digits"))
+    assert "verify" in options("cifar100") and "verify" not in options("digits")
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("digits", dict(val_fraction=1.5), "val_fraction must be in"),
+    ("digits", dict(limit=0), "limit must be a positive int"),
+    ("natural", dict(patch_size=8), "patch_size must be ≥ 11"),
+    ("natural", dict(noise_sigma=-0.1), "noise_sigma must be >= 0"),
+    ("natural", dict(tiles_per_image=True), "tiles_per_image must be a positive int"),
+])
+def test_check_options_refuses_what_load_refuses_before_reading_anything(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        load(name, **bad)
+    with pytest.raises(ValueError, match=message):
+        check_options(**bad)
 
 
 def test_unknown_dataset_lists_the_known_ones():

@@ -3,6 +3,8 @@ parameter count) with only its K×K convs weighted."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 import torch.nn as nn
@@ -83,6 +85,39 @@ def test_even_kernel_size_is_rejected():
 def test_denoisers_reject_num_classes():
     with pytest.raises(ValueError, match="num_classes"):
         models.build("tiny_denoiser", num_classes=10)
+
+
+def test_options_are_width_and_the_builders_own_keywords_with_their_types():
+    resnet = models.options("resnet56")
+    assert list(resnet) == ["width", "depth", "shortcut"]
+    assert (resnet["width"].annotation, resnet["width"].default) == (float, 1.0)
+    assert (resnet["depth"].annotation, resnet["depth"].default) == (int, 56)
+    assert typing.get_args(resnet["shortcut"].annotation) == ("A", "B")
+    assert list(models.options("vgg16")) == ["width"]
+    for name in models.available():
+        assert {"kernel_size", "alpha", "in_channels", "num_classes"}.isdisjoint(models.options(name)), name
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_declared_option_is_accepted_at_its_default(name):
+    models.check_options(name, **{k: p.default for k, p in models.options(name).items()})
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("resnet56", dict(depth=7), r"depth must be 6n\+2"),
+    ("resnet56", dict(shortcut="C"), "shortcut must be 'A'"),
+    ("cgnet", dict(gce_convs=(3, 3)), "needs one entry per encoder level"),
+    ("gmlp", dict(image_size=30), "not a multiple of patch_size"),
+    ("tiny_cnn", dict(width=0), "width must be > 0"),
+    ("tiny_cnn", dict(colour=1), "unknown option"),
+])
+def test_check_options_raises_what_build_raises_without_initialising_anything(name, options, message):
+    with pytest.raises((ValueError, TypeError), match=message) as built:
+        models.build(name, **options)
+    rng = torch.get_rng_state()
+    with pytest.raises(built.type, match=message):
+        models.check_options(name, **options)
+    assert torch.equal(torch.get_rng_state(), rng), "check_options must not draw initial weights"
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -11,6 +11,7 @@ path and the fix, before any training starts. ``root`` defaults to ``$WCONV_DATA
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from wconv.data import cifar, digits, div2k, natural
 from wconv.data.split import Split
 from wconv.data.task import DatasetError, TaskData
+from wconv.metrics import MIN_IMAGE_SIZE
 
 DATASETS = {
     "digits": "classification",
@@ -28,7 +30,7 @@ DATASETS = {
 }
 """Dataset name -> task: digits and natural are bundled with scikit-learn / scikit-image."""
 
-__all__ = ["DATASETS", "DatasetError", "Split", "TaskData", "check", "load", "prepare"]
+__all__ = ["DATASETS", "DatasetError", "Split", "TaskData", "check", "check_options", "load", "options", "prepare"]
 
 
 def _root(root: str | Path | None) -> Path:
@@ -39,6 +41,28 @@ def _known(name: str) -> str:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     return name
+
+
+def options(name: str) -> dict[str, inspect.Parameter]:
+    """The keywords of ``load`` that ``name`` uses (it ignores the others), with their annotations and defaults:
+    what a caller may choose besides ``root`` and ``device``."""
+    used = inspect.signature(_LOADERS[_known(name)]).parameters
+    public = inspect.signature(load, eval_str=True).parameters
+    return {n: p for n, p in public.items() if n in used and n not in ("root", "device")}
+
+
+def check_options(**options) -> None:
+    """Raise ValueError naming the first of these ``load`` options whose value ``load`` refuses; reads nothing."""
+    if "val_fraction" in options and not 0 < options["val_fraction"] < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {options['val_fraction']}")
+    if "noise_sigma" in options and not options["noise_sigma"] >= 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {options['noise_sigma']}")
+    for arg in ("patch_size", "limit", "patches_per_epoch", "tiles_per_image"):
+        value = options.get(arg)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{arg} must be a positive int or None, got {value!r}")
+    if (options.get("patch_size") or MIN_IMAGE_SIZE) < MIN_IMAGE_SIZE:
+        raise ValueError(f"patch_size must be ≥ {MIN_IMAGE_SIZE} (the SSIM window), got {options['patch_size']}")
 
 
 def check(name: str, root: str | Path | None = None, *, verify: bool = True) -> None:
@@ -71,6 +95,9 @@ def prepare(name: str, root: str | Path | None = None) -> Path:
     return root
 
 
+_LOADERS = {"digits": digits.load, "natural": natural.load, "cifar100": cifar.load, "div2k": div2k.load}
+
+
 def load(
     name: str,
     *,
@@ -99,14 +126,8 @@ def load(
     tiles_per_image: cap on eval tiles per image (default: all for natural, 32 for div2k).
     """
     _known(name)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if noise_sigma < 0:
-        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
-    for arg, value in (("patch_size", patch_size), ("limit", limit), ("patches_per_epoch", patches_per_epoch),
-                       ("tiles_per_image", tiles_per_image)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{arg} must be a positive int or None, got {value!r}")
+    check_options(val_fraction=val_fraction, noise_sigma=noise_sigma, patch_size=patch_size, limit=limit,
+                  patches_per_epoch=patches_per_epoch, tiles_per_image=tiles_per_image)
     root = _root(root)
     check(name, root, verify=verify)
     if name == "digits":

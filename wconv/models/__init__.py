@@ -7,7 +7,7 @@
 See docs/models.md for what each model follows and which of its convs are weighted.
 """
 
-from wconv.models.registry import available, build, init_weights, task_of
+from wconv.models.registry import available, build, check_options, init_weights, options, task_of
 from wconv.models import cifar, denoise, efficientnet, gmlp, small, snn  # noqa: F401  (they register the models)
 
-__all__ = ["available", "build", "init_weights", "task_of"]
+__all__ = ["available", "build", "check_options", "init_weights", "options", "task_of"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,7 +43,8 @@ class BasicBlock(nn.Module):
 
 
 @register("resnet56", "classification", num_classes=100)
-def resnet56(*, kernel_size, in_channels, num_classes, width, depth: int = 56, shortcut: str = "A") -> nn.Module:
+def resnet56(*, kernel_size, in_channels, num_classes, width, depth: int = 56,
+             shortcut: Literal["A", "B"] = "A") -> nn.Module:
     """CIFAR ResNet (He et al. 2016, Sect. 4.2): K×K conv 16, three stages of (depth−2)/6 BasicBlocks
     (16/32/64 channels, stride 2 between stages), global average pool, linear."""
     if depth < 8 or (depth - 2) % 6:

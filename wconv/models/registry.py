@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
 import torch.nn as nn
 
 from wconv.conv import Alpha, convert
@@ -62,6 +63,15 @@ def task_of(name: str) -> str:
     return _entry(name).task
 
 
+def options(name: str) -> dict[str, inspect.Parameter]:
+    """What a caller chooses in ``build(name, **options)``: ``width`` and the builder's own keywords, with their
+    annotations and defaults. The kernel size and α are the search's, ``in_channels`` and ``num_classes``
+    the dataset's, so they are not among them."""
+    entry = _entry(name)
+    own = inspect.signature(entry.builder, eval_str=True).parameters
+    return {"width": inspect.signature(build, eval_str=True).parameters["width"], **{n: own[n] for n in entry.options}}
+
+
 def init_weights(model: nn.Module) -> nn.Module:
     """The paper's initialisation for every family (Sect. 4.1, Table 2): Kaiming normal (fan_out, ReLU) for
     every conv, zero conv biases, norm layers weight 1 / bias 0. Linear layers keep their own init."""
@@ -85,6 +95,22 @@ def build(name: str, *, kernel_size: int = 3, alpha: Alpha = None, in_channels: 
 
     The same ``torch.manual_seed`` gives the same initial weights and parameter count with and without α.
     """
+    model = init_weights(_construct(name, kernel_size, in_channels, num_classes, width, options))
+    if alpha is not None:
+        convert(model, {kernel_size: alpha})
+    return model
+
+
+def check_options(name: str, *, kernel_size: int = 3, **options) -> None:
+    """Raise what ``build(name, kernel_size=kernel_size, **options)`` would raise for these options, without
+    allocating or initialising anything (the model is constructed on the meta device), so that a sweep's
+    models are checked before any trial starts."""
+    with torch.device("meta"):
+        _construct(name, kernel_size, None, None, options.pop("width", 1.0), options)
+
+
+def _construct(name: str, kernel_size: int, in_channels: int | None, num_classes: int | None, width: float,
+               options: dict) -> nn.Module:
     entry = _entry(name)
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
@@ -100,7 +126,4 @@ def build(name: str, *, kernel_size: int = 3, alpha: Alpha = None, in_channels: 
         kwargs["num_classes"] = entry.num_classes if num_classes is None else num_classes
     elif num_classes is not None:
         raise ValueError(f"build({name!r}): a denoiser outputs in_channels channels; num_classes does not apply")
-    model = init_weights(entry.builder(**kwargs))
-    if alpha is not None:
-        convert(model, {kernel_size: alpha})
-    return model
+    return entry.builder(**kwargs)
