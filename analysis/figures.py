@@ -20,7 +20,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.frames import Frames
-from analysis.query import ARM_ALPHA, ARM_BASELINE, ARM_CONTROL, choose_alpha, format_alpha, search_trials
+from analysis.query import ARM_ALPHA, ARM_BASELINE, ARM_CONTROL, format_alpha, search_trials
 from analysis.tables import Pair, format_metric, pairs
 
 BASELINE_COLOR = "#222222"
@@ -506,6 +506,10 @@ def draw_confirmation(pair: Pair) -> Figure:
     ax.set_ylabel(f"Δ {c.metric} ({'higher' if c.mode == 'max' else 'lower'} is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{pair.model}, {pair.kernel_size} × {pair.kernel_size}: {cmp.verdict} — Δ {cmp.difference:+.4g} "
-                 f"[{cmp.ci_low:+.4g}, {cmp.ci_high:+.4g}], paired t p = {cmp.p_value:.3g}, n = {cmp.n}", fontsize=10)
+    title = (f"{pair.model}, {pair.kernel_size} × {pair.kernel_size}: {cmp.verdict} — Δ {cmp.difference:+.4g} "
+             f"[{cmp.ci_low:+.4g}, {cmp.ci_high:+.4g}], paired t p = {cmp.p_value:.3g}, n = {cmp.n}")
+    if c.control is not None and c.control.explained is not None:
+        title += (f"\nthe init-scale control reproduces {100 * c.control.explained:.0f}% of the gain; α against the "
+                  f"control: {c.control.beyond_scale.verdict}")
+    ax.set_title(title, fontsize=10)
     return fig

@@ -15,16 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import Frames
-from analysis.query import (
-    ARM_BASELINE,
-    ARM_CONTROL,
-    AlphaChoice,
-    Confirmation,
-    choose_alpha,
-    confirmation,
-    format_alpha,
-    search_trials,
-)
+from analysis.query import AlphaChoice, Confirmation, choose_alpha, confirmation, format_alpha, search_trials
 from analysis.stats import UNCONFIRMED
 from wconv.metrics import METRIC_MODES, TASK_METRICS
 

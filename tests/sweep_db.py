@@ -16,7 +16,10 @@ While working on the analysis, ``WCONV_SMOKE_DB=/path/results.db`` reuses a data
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +63,30 @@ def smoke_db(tmp_path_factory) -> Path:
         reuse = os.environ.get("WCONV_SMOKE_DB")
         _built["db"] = Path(reuse) if reuse else build(tmp_path_factory.mktemp("smoke_sweeps"))
     return _built["db"]
+
+
+CONFIRMATION = {"alpha": [0.91, 0.93, 0.90], "baseline": [0.88, 0.91, 0.89], "init-scale": [0.90, 0.91, 0.895]}
+"""test_accuracy per arm on the confirmation seeds ``CONFIRM_SEEDS`` that ``with_confirmation`` writes."""
+CONFIRM_SEEDS = (1000, 1001, 1002)
+
+
+def with_confirmation(db: Path, copy_to: Path) -> Path:
+    """A copy of ``db`` plus a confirmation of the classification sweep's chosen α on three fresh seeds, written
+    through the store as `wconv confirm` records it (stage "confirm", one trial per arm and seed; values
+    ``CONFIRMATION``): the confirmation views get known numbers to be checked against."""
+    from analysis.store import Store
+
+    shutil.copy(db, copy_to)
+    with sqlite3.connect(copy_to) as conn:
+        rows = conn.execute("SELECT alpha, metrics FROM trials WHERE sweep = ? AND stage = 'search' AND status = "
+                            "'completed' AND NOT baseline", (CLASSIFICATION,)).fetchall()
+    best = max(rows, key=lambda r: (json.loads(r[1])["val_accuracy"], [-x for x in json.loads(r[0])]))
+    chosen = json.loads(best[0])
+    with Store(f"sqlite:///{copy_to}") as store:
+        for arm, per_seed in CONFIRMATION.items():
+            for seed, value in zip(CONFIRM_SEEDS, per_seed):
+                store.record_trial(CLASSIFICATION, f"tiny_cnn-k3-s{seed}/{arm}", cell=f"tiny_cnn-k3-s{seed}",
+                                   model="tiny_cnn", kernel_size=3, seed=seed, stage="confirm", arm=arm,
+                                   alpha=chosen if arm == "alpha" else [1.0], baseline=arm == "baseline",
+                                   status="completed", metrics={"val_accuracy": 0.5, "test_accuracy": value})
+    return copy_to

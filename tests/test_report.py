@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from sweep_db import CLASSIFICATION, DENOISING, smoke_db  # noqa: F401  (fixture)
+from sweep_db import CLASSIFICATION, CONFIRMATION, DENOISING, smoke_db, with_confirmation  # noqa: F401  (fixture)
 
 from analysis.store import Store
 from launch.cli import main
 from wconv.metrics import METRIC_MODES
-
-CONFIRM_SEEDS = (1000, 1001, 1002)
 
 
 def _report(db: Path, sweep: str, out: Path, capsys) -> tuple[int, str, str]:
@@ -50,21 +48,8 @@ def _best_trial(rows: list[dict], metric: str) -> dict:
 
 @pytest.fixture(scope="module")
 def confirmed_db(smoke_db, tmp_path_factory) -> tuple[Path, dict]:  # noqa: F811
-    """A copy of the smoke database plus a confirmation of the classification sweep's chosen α on three fresh
-    seeds, written through the store as `wconv confirm` records it (stage "confirm", one trial per arm and seed)."""
-    db = tmp_path_factory.mktemp("confirmed") / "results.db"
-    shutil.copy(smoke_db, db)
-    rows = _rows(db, CLASSIFICATION)
-    chosen = _best_trial(rows, "val_accuracy")["alpha"]
-    values = {"alpha": [0.91, 0.93, 0.90], "baseline": [0.88, 0.91, 0.89], "init-scale": [0.90, 0.91, 0.895]}
-    with Store(f"sqlite:///{db}") as store:
-        for arm, per_seed in values.items():
-            for seed, value in zip(CONFIRM_SEEDS, per_seed):
-                store.record_trial(CLASSIFICATION, f"tiny_cnn-k3-s{seed}/{arm}", cell=f"tiny_cnn-k3-s{seed}",
-                                   model="tiny_cnn", kernel_size=3, seed=seed, stage="confirm", arm=arm,
-                                   alpha=chosen if arm == "alpha" else [1.0], baseline=arm == "baseline",
-                                   status="completed", metrics={"val_accuracy": 0.5, "test_accuracy": value})
-    return db, values
+    """The smoke database plus a confirmation with known values (``sweep_db.with_confirmation``)."""
+    return with_confirmation(smoke_db, tmp_path_factory.mktemp("confirmed") / "results.db"), CONFIRMATION
 
 
 @pytest.fixture(scope="module")
