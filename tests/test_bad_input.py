@@ -27,6 +27,7 @@ import psutil
 import pytest
 import yaml
 
+from analysis.store import Store
 from launch.cli import main
 
 WCONV = Path(sys.executable).with_name("wconv")
@@ -54,7 +55,8 @@ class Case:
     """"good" (SWEEP), a dict of dotted fields changed in SWEEP (value DELETE removes one), a raw str or bytes,
     "dir" (a folder), or None (no file)."""
     db: Optional[str] = None
-    """None (no file), "empty", "text", "foreign" (a SQLite database wconv did not write) or "dir"."""
+    """None (no file), "empty", "text", "foreign" (a SQLite database wconv did not write), "wconv" (a results
+    database without sweeps) or "dir"."""
     subprocess: bool = False
 
 
@@ -275,6 +277,35 @@ CASES = [
     C("data", "check", "cifar100", says="wconv data: the following arguments are required: --root",
       id="data-no-root"),
 
+    # -- report, status, cancel: read the store, never create it ---------------------------------------------
+    C("report", "t", "--storage", "{url}", says=("wconv report: no results yet at 'sqlite:///{db}'",),
+      id="report-missing-db"),
+    C("report", "t", "--storage", "{url}", db="foreign", says="wconv report: results store 'sqlite:///{db}' is not a",
+      id="report-foreign-db"),
+    C("report", "nope", "--storage", "{url}", db="wconv", says=("wconv report: ", "'nope'"),
+      id="report-unknown-sweep"),
+    C("status", "t", "--storage", "{url}", says="wconv status: no results yet at 'sqlite:///{db}'",
+      id="status-missing-db"),
+    C("status", "t", "--storage", "{url}", db="text", says=("wconv status: ", "sqlite:///{db}"), id="status-text-db"),
+    C("status", "nope", "--storage", "{url}", db="wconv", says=("wconv status: no sweep 'nope'",),
+      id="status-unknown-sweep"),
+    C("cancel", "t", "--storage", "{url}", says=("wconv cancel: ", "sqlite:///{db}"), id="cancel-missing-db"),
+
+    # -- submit and confirm: nothing submitted, nothing trained ---------------------------------------------
+    V("--cluster", "{tmp}/nowhere.yaml", says="{tmp}/nowhere.yaml: cannot read the cluster profile", command="submit",
+      id="submit-missing-profile"),
+    V("--cluster", "{tmp}/nowhere.yaml", "--workers", "0", says="wconv submit: argument --workers: 0 must be ≥ 1",
+      command="submit", id="submit-zero-workers"),
+    V("--cluster", "{tmp}/nowhere.yaml", says="{sweep}: training.lr: Input should be a finite number",
+      sweep={"training.lr": NAN}, command="submit", id="submit-nan"),
+    V("--seeds", "1", says="wconv confirm: argument --seeds: 1 must be ≥ 2", command="confirm", id="confirm-one-seed"),
+    V("--seeds", "3", "--alpha", "nan", says="wconv confirm: argument --alpha: 'nan': every coefficient must be a finite",
+      command="confirm", id="confirm-nan-alpha"),
+    V("--seeds", "3", says="{sweep}: models[0].options.widht: unknown option", command="confirm",
+      sweep={"models.0": {"name": "tiny_cnn", "options": {"widht": 2}}}, id="confirm-option-typo"),
+    V("--seeds", "3", says=("wconv confirm: no results yet at 'sqlite:///{db}'",), command="confirm",
+      id="confirm-missing-db"),
+
     # -- the command line ---------------------------------------------------------------------------------
     C("frobnicate", says="wconv: argument command: invalid choice: 'frobnicate'", id="unknown-command"),
     C(says="wconv: the following arguments are required: command", id="no-command"),
@@ -324,6 +355,8 @@ def _prepare(case: Case, tmp: Path) -> list[str]:
         db.write_text("these are my notes, not a database\n")
     elif case.db == "dir":
         db.mkdir()
+    elif case.db == "wconv":
+        Store(f"sqlite:///{db}").close()
     elif case.db == "foreign":
         with sqlite3.connect(db) as conn:
             conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT)")
@@ -416,7 +449,7 @@ def _group(p: psutil.Process) -> Optional[int]:
 
 def test_the_catalogue_covers_every_command_and_is_large_enough():
     commands = {c.argv[0] for c in CASES if c.argv}
-    assert {"validate", "plan", "run", "best", "data"} <= commands
+    assert {"validate", "plan", "run", "best", "data", "report", "status", "cancel", "submit", "confirm"} <= commands
     assert len(CASES) >= 60 and sum(c.subprocess for c in CASES) >= 3
     assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 
