@@ -155,7 +155,8 @@ def check_identity(store, sweep: Sweep) -> None:
 # -- the preparation every launcher makes -----------------------------------------------------------
 
 
-def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True) -> tuple[Sweep, Path]:
+def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True,
+                  check_data: bool = True) -> tuple[Sweep, Path]:
     """Everything that can be checked before a trial runs or a job is submitted, in this order:
     absolute paths (trials run in other working directories, on other nodes), the dataset, the results
     store (reachable, and this sweep's identity), then the sweep recorded in the store (``record=False``:
@@ -165,11 +166,13 @@ def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True) ->
     from wconv import data
 
     runs_dir = Path(runs_dir).expanduser().resolve()
+    sweep = sweep.model_copy(update={"storage": _absolute_sqlite(sweep.storage)})
     if sweep.dataset.root is not None:
         dataset = sweep.dataset.model_copy(update={"root": str(Path(sweep.dataset.root).expanduser().resolve())})
         sweep = sweep.model_copy(update={"dataset": dataset})
-    check = {"verify": sweep.dataset.options["verify"]} if "verify" in sweep.dataset.options else {}
-    data.check(sweep.dataset.name, sweep.dataset.root, **check)
+    if check_data:
+        check = {"verify": sweep.dataset.options["verify"]} if "verify" in sweep.dataset.options else {}
+        data.check(sweep.dataset.name, sweep.dataset.root, **check)
     try:
         with Store(sweep.storage, create=record) as store:
             check_identity(store, sweep)
@@ -180,6 +183,18 @@ def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True) ->
     except NoResults:
         pass  # not recorded, and nothing written: a dry run before the first submission
     return sweep, runs_dir
+
+
+def _absolute_sqlite(url: str) -> str:
+    """A SQLite URL with an absolute path: trials and array tasks run in other working directories."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:" \
+            or parsed.database.startswith("file:"):
+        return url
+    path = Path(parsed.database).expanduser().resolve()
+    return parsed.set(database=str(path)).render_as_string(hide_password=False)
 
 
 def cell_finished(store, sweep: Sweep, cell: Cell, *, stage: str = "search") -> bool:

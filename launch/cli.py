@@ -118,6 +118,38 @@ def _cmd_submit(args) -> None:
     submit_sweep(sweep, profile, args.runs_dir, workers=args.workers, account=args.account, dry_run=args.dry_run)
 
 
+def _cmd_confirm(args) -> None:
+    from launch.confirm import confirm_sweep
+    from launch.spec import load_sweep
+
+    sweep = load_sweep(args.sweep, args.set)
+    if args.storage:
+        sweep = sweep.model_copy(update={"storage": args.storage})
+    launcher = None
+    if args.cluster:
+        from launch.profile import load_profile
+        from launch.slurm import SlurmLauncher, require_slurm
+
+        require_slurm()
+        launcher = SlurmLauncher(load_profile(args.cluster), Path(args.runs_dir).resolve() / sweep.name / "slurm",
+                                 args.account)
+    confirm_sweep(sweep, args.runs_dir, args.seeds, alpha=args.alpha, control=args.control, launcher=launcher)
+
+
+def _alpha_list(text: str) -> list[float]:
+    """--alpha 0.8 or --alpha 0.1,0.9: positive, finite numbers."""
+    import math
+
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.8 or 0.1,0.9") \
+            from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every coefficient must be a finite number > 0")
+    return values
+
+
 def _cmd_status(args) -> None:
     from analysis.store import Store
     from launch.slurm import sweep_status
@@ -228,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script, the task → cell map and the "
                                                           "budget; submit and write nothing")
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("confirm", help="retrain the chosen α and α = 1 on fresh paired seeds; say whether the gain "
+                                       "holds")
+    _add_sweep(p)
+    p.add_argument("--seeds", type=_at_least(2), required=True, help="fresh seeds per (model, kernel size), ≥ 2")
+    p.add_argument("--alpha", type=_alpha_list, help="the α to confirm for every model (default: the search's best)")
+    p.add_argument("--control", choices=["init-scale"], help="add α = 1 with the chosen α's initial weight scale")
+    p.add_argument("--cluster", metavar="PROFILE", help="run through SLURM with this cluster profile")
+    p.add_argument("--account", help="SLURM account to charge (with --cluster)")
+    p.add_argument("--runs-dir", default="results/runs", type=Path, help="checkpoints of the confirmation trials")
+    p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
+    p.set_defaults(func=_cmd_confirm)
 
     p = sub.add_parser("status", help="SLURM state of a submitted sweep's array tasks, and its cells' progress")
     p.add_argument("sweep", help="sweep name")

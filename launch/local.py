@@ -42,7 +42,7 @@ class LocalLauncher:
         with LeaseKeeper(sweep.storage, sweep.name) as leases:
             for task in tasks:  # every lease before anything runs: a second run is refused at once
                 leases.take(task.cell.id, task.worker)
-            cells = [c.id for c in sweep.cells()]
+            cells = list(dict.fromkeys(t.cell.id for t in tasks))
             for handle in handles:
                 position = f"cell {cells.index(handle.task.cell.id) + 1}/{len(cells)}"
                 self._announce(sweep, handle.task, position)
@@ -54,8 +54,10 @@ class LocalLauncher:
         with Store(sweep.storage) as store:
             rows = store.trials(sweep=sweep.name, cell=task.cell.id, stage="search" if task.plan is None else "confirm")
         finished = int(rows["status"].isin(TERMINAL).sum()) if not rows.empty else 0
-        print(f"[{position} {task.cell.id}] {trials_per_cell(sweep)} trials ({sweep.search.num_samples} sampled + "
-              f"α = 1 baseline), α ranges {[list(r) for r in task.cell.ranges]}"
+        what = (f"{trials_per_cell(sweep)} trials ({sweep.search.num_samples} sampled + α = 1 baseline), α ranges "
+                f"{[list(r) for r in task.cell.ranges]}" if task.plan is None else
+                f"confirmation: {', '.join(p['arm'] for p in task.plan)} on seed {task.cell.seed}")
+        print(f"[{position} {task.cell.id}] {what}"
               + (f"; resuming: {finished} finished earlier, {len(rows) - finished} to continue" if len(rows) else ""),
               file=self.out, flush=True)
 

@@ -83,9 +83,8 @@ class SlurmLauncher:
         self.profile, self.folder, self.account = profile, Path(folder), account
 
     def executor(self, tasks: Sequence[Task]) -> submitit.AutoExecutor:
-        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
-        executor.update_parameters(**self.profile.executor_parameters(account=self.account),
-                                   slurm_array_parallelism=min(self.profile.array_parallelism, len(tasks)),
+        executor = self.profile.executor(self.folder / "%j", self.account)
+        executor.update_parameters(slurm_array_parallelism=max(1, min(self.profile.array_parallelism, len(tasks))),
                                    name=f"wconv-{tasks[0].sweep.name}" if tasks else "wconv")
         return executor
 
@@ -114,25 +113,29 @@ class SlurmLauncher:
 # -- the commands: submit, status, cancel ------------------------------------------------------------
 
 
-def _check_submission(sweep: Sweep, profile: ClusterProfile, runs_dir: Path, workers: int) -> None:
-    """What SLURM would accept but could never run well: each problem is one line, nothing is submitted."""
+def submission_problems(sweep: Sweep, profile: ClusterProfile, runs_dir: Path, workers: int) -> list[Exception]:
+    """What SLURM would accept but could never run well, one error each (a real submission raises the first)."""
+    problems: list[Exception] = []
     res = sweep.resources
     if res.gpus_per_trial > profile.gpus_per_node:
-        raise ResourceError(f"resources.gpus_per_trial ({res.gpus_per_trial:g}) is more than a node of profile "
-                            f"{profile.name!r} has ({profile.gpus_per_node}); lower it")
+        problems.append(ResourceError(f"resources.gpus_per_trial ({res.gpus_per_trial:g}) is more than a node of "
+                                      f"profile {profile.name!r} has ({profile.gpus_per_node}); lower it"))
     if res.cpus_per_trial > profile.cpus_per_node:
-        raise ResourceError(f"resources.cpus_per_trial ({res.cpus_per_trial:g}) is more than a node of profile "
-                            f"{profile.name!r} has ({profile.cpus_per_node}); lower it")
+        problems.append(ResourceError(f"resources.cpus_per_trial ({res.cpus_per_trial:g}) is more than a node of "
+                                      f"profile {profile.name!r} has ({profile.cpus_per_node}); lower it"))
     if workers > sweep.search.num_samples:
-        raise SubmitError(f"workers ({workers}) is more than search.num_samples ({sweep.search.num_samples}): a "
-                          "worker would have nothing to run; lower --workers")
-    for what, path in (("the runs folder", runs_dir), ("the SQLite results store", _sqlite_path(sweep.storage))):
+        problems.append(SubmitError(f"workers ({workers}) is more than search.num_samples "
+                                    f"({sweep.search.num_samples}): a worker would have nothing to run; lower --workers"))
+    database = _sqlite_path(sweep.storage)
+    for what, path in (("the runs folder", runs_dir), ("the SQLite results store", database)):
         if path is not None and profile.node_local_path(path):
-            raise SubmitError(f"{what} {path} is on a node-local path that compute nodes cannot see; put it on the "
-                              f"shared filesystem (e.g. under $WORK or $SCRATCH)")
-    if _sqlite_path(sweep.storage) is not None and not profile.single_node:
-        raise SubmitError(f"storage {sweep.storage!r}: SQLite is unsafe with writers on several nodes (its locks "
-                          "do not work on NFS/Lustre); use a PostgreSQL URL reachable from the compute nodes")
+            problems.append(SubmitError(f"{what} {path} is on a node-local path that compute nodes cannot see; put it "
+                                        f"on the shared filesystem (e.g. under $WORK or $SCRATCH)"))
+    if database is not None and not profile.single_node:
+        problems.append(SubmitError(f"storage {sweep.storage!r}: SQLite is unsafe with writers on several nodes (its "
+                                    "locks do not work on NFS/Lustre); use a PostgreSQL URL reachable from the compute "
+                                    "nodes (--storage postgresql+psycopg://USER@HOST/DB)"))
+    return problems
 
 
 def _sqlite_path(url: str) -> Optional[Path]:
@@ -158,7 +161,7 @@ def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: dict[str, float]
     worst_h = expected_h = 0.0
     sources, unknown = set(), []
     gpus = sweep.resources.gpus_per_trial or 0
-    for cell in {t.cell for t in tasks}:
+    for cell in {t.cell.id: t.cell for t in tasks}.values():
         worst, expected = cell_epochs(sweep)
         seconds, source = seconds_per_epoch(cell, measured)
         if seconds is None:
@@ -182,16 +185,25 @@ def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *,
     """Submit the sweep's unfinished cells as one array job and return at once with its id (None: dry run,
     or nothing to do)."""
     workers = workers or sweep.workers
+    refused = _Refusals(dry_run, out)
     if not dry_run:
         require_slurm()
-    sweep, runs_dir = prepare_sweep(sweep, runs_dir, record=not dry_run)
-    _check_submission(sweep, profile, runs_dir, workers)
+    with refused:
+        prepare_sweep(sweep, runs_dir, record=False)  # dataset and store first: a dry run only warns
+    sweep, runs_dir = prepare_sweep(sweep, runs_dir, record=False, check_data=False)
+    for problem in submission_problems(sweep, profile, runs_dir, workers):
+        with refused:
+            raise problem
     launcher = SlurmLauncher(profile, runs_dir / sweep.name / "slurm", account)
     launcher.executor([])  # an unusable profile (e.g. no account) is refused before anything is written
-    measured, todo, active = _store_state(sweep, dry_run)
+    measured, todo, active = {}, sweep.cells(), []
+    with refused:
+        measured, todo, active = _store_state(sweep, dry_run)
     if active:
         raise SubmitError(f"sweep {sweep.name!r} already has array job {', '.join(active)} queued or running; "
                           f"see `wconv status {sweep.name}`, or `wconv cancel {sweep.name}` first")
+    if not dry_run:
+        prepare_sweep(sweep, runs_dir)  # every check passed: record the sweep
     tasks = [t for t in plan_tasks(sweep, runs_dir, workers) if t.cell in todo]
     if not tasks:
         print(f"sweep {sweep.name!r} is finished: {len(sweep.cells())} cell(s) in {sweep.storage}; nothing to submit",
@@ -214,6 +226,27 @@ def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *,
     print(f"submitted array job {job_id}: {len(tasks)} task(s) for sweep {sweep.name!r} "
           f"({len(todo)} cell(s) × {workers} worker(s)); follow it with `wconv status {sweep.name}`", file=out)
     return job_id
+
+
+class _Refusals:
+    """Around a check: a real submission raises its one-line refusal; a dry run prints it as a warning and
+    goes on, so that the script can still be read before the data, the database or the paths are ready."""
+
+    def __init__(self, dry_run: bool, out: TextIO):
+        self.dry_run, self.out = dry_run, out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        from analysis.store import StoreError
+        from wconv.data import DatasetError
+
+        if error is None or not self.dry_run or not isinstance(error, (DatasetError, StoreError, SubmitError,
+                                                                       ResourceError)):
+            return False
+        print(f"warning: a real submission would be refused: {error}", file=self.out)
+        return True
 
 
 def _store_state(sweep: Sweep, dry_run: bool) -> tuple[dict, list, list]:

@@ -1,0 +1,172 @@
+"""`wconv submit` against real SLURM daemons (slurm/testcluster.sh: slurmctld, slurmd, slurmdbd with MariaDB, fake
+GPUs): arrays land in the store, workers share a cell, requeues and time limits lose nothing, cancel is reported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
+
+from analysis.store import TERMINAL, Store
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep(tmp_path: Path, name: str, *, samples=3, epochs=2, steps=5, scheduler=None) -> Path:
+    spec = {
+        "name": name, "task": "classification", "dataset": {"name": "digits"},
+        "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
+        "search": {"num_samples": samples, "metric": "val_accuracy"},
+        "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "training": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": steps},
+        "resources": {"cpus_per_trial": 1}, "storage": f"sqlite:///{tmp_path / 'wconv.db'}",
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _wconv(cluster, *args, cwd: Path, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT), **cluster.env))
+
+
+def _submit(cluster, path: Path, tmp_path: Path, *extra: str) -> str:
+    done = _wconv(cluster, "submit", str(path), "--cluster", str(cluster.profile), "--runs-dir", str(tmp_path / "runs"),
+                  *extra, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "submitted array job" in done.stdout
+    return done.stdout.split("submitted array job ")[1].split(":")[0]
+
+
+def _sacct(cluster, job: str) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", job], capture_output=True, text=True,
+                         env=dict(os.environ, **cluster.env)).stdout
+    return {line.split("|")[0]: line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line}
+
+
+def _wait(what, predicate, timeout=400, every=1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _scontrol(cluster, action: str, job: str) -> None:
+    done = subprocess.run(["scontrol", action, job], capture_output=True, text=True, env=dict(os.environ, **cluster.env))
+    assert done.returncode == 0, done.stderr
+
+
+def _finished(cluster, job: str) -> bool:
+    states = _sacct(cluster, job)
+    return bool(states) and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+                                for s in states.values())
+
+
+def _check_cell(store: Store, sweep: str, samples: int) -> None:
+    trials = store.trials(sweep=sweep)
+    assert len(trials) == samples + 1 and trials["trial_id"].is_unique, trials[["trial_id", "status"]].to_string()
+    assert trials["status"].isin(TERMINAL).all(), trials[["trial_id", "status", "reason"]].to_string()
+    assert trials["baseline"].astype(bool).sum() == 1
+    assert len({tuple(a) for a in trials["alpha"]}) == samples + 1
+    for _, row in trials.iterrows():
+        epochs = store.epochs(sweep, row["trial_id"])
+        assert list(epochs["epoch"]) == list(range(1, int(row["epochs_run"]) + 1)), row["trial_id"]
+
+
+def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_again(slurm_cluster, tmp_path):
+    samples = 4
+    path = _sweep(tmp_path, "shared", samples=samples, epochs=8, steps=30, scheduler={"type": "fifo"})
+    store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
+    job = _submit(slurm_cluster, path, tmp_path, "--workers", "2")
+    assert set(_sacct(slurm_cluster, job)) == {f"{job}_0", f"{job}_1"}  # one array job, one task per worker
+    _wait("trials of both workers past their first epoch",
+          lambda: (t := store.trials(sweep="shared")).shape[0] and t[t["epochs_run"].fillna(0) >= 1]["owner"].nunique() == 2)
+    _scontrol(slurm_cluster, "suspend", job)  # frozen mid-trial, so that the cancel surely finds it running
+    cancel = _wconv(slurm_cluster, "cancel", "shared", "--storage", store.url, cwd=tmp_path)
+    assert cancel.returncode == 0, cancel.stderr
+    _wait("the cancelled tasks", lambda: _finished(slurm_cluster, job), timeout=120)
+    status = _wconv(slurm_cluster, "status", "shared", "--storage", store.url, cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.count("CANCELLED") == 2, status.stdout
+    trials = store.trials(sweep="shared")
+    assert "running" not in set(trials["status"])  # what ran is marked interrupted, for the next submission
+
+    again = _submit(slurm_cluster, path, tmp_path, "--workers", "2")
+    _wait("the resubmitted array", lambda: _finished(slurm_cluster, again))
+    assert set(_sacct(slurm_cluster, again).values()) == {"COMPLETED"}
+    _check_cell(store, "shared", samples)
+    status = _wconv(slurm_cluster, "status", "shared", "--storage", store.url, cwd=tmp_path)
+    assert f"{samples + 1}/{samples + 1}" in status.stdout
+    best = _wconv(slurm_cluster, "best", "--sweep", "shared", "--storage", store.url, cwd=tmp_path)
+    assert best.returncode == 0 and "tiny_cnn" in best.stdout
+    journal = tmp_path / "runs" / "shared" / "optuna.journal"  # Optuna's own API reads the shared study
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="shared/tiny_cnn-k3-s0", storage=storage)
+    told = {t.user_attrs["trial_id"] for t in study.trials if not t.user_attrs.get("duplicate")
+            and t.state != optuna.trial.TrialState.RUNNING}
+    assert told >= set(store.trials(sweep="shared", status="completed")["trial_id"]) - {"tiny_cnn-k3-s0/alpha=1.0"}
+
+
+def test_a_task_requeued_while_running_resumes_with_nothing_lost(slurm_cluster, tmp_path):
+    samples = 3
+    path = _sweep(tmp_path, "requeue", samples=samples, epochs=4, steps=10, scheduler={"type": "fifo"})
+    store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
+    job = _submit(slurm_cluster, path, tmp_path)
+    _wait("a trial past its first epoch", lambda: (t := store.trials(sweep="requeue")).shape[0]
+          and (t["epochs_run"].fillna(0) >= 1).any())
+    before = store.trials(sweep="requeue")
+    _scontrol(slurm_cluster, "requeue", job)
+    _wait("the requeued job", lambda: _finished(slurm_cluster, job), timeout=600)
+    assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}
+    _check_cell(store, "requeue", samples)
+    after = store.trials(sweep="requeue").set_index("trial_id")
+    for _, row in before[before["status"].isin(TERMINAL)].iterrows():
+        assert after.loc[row["trial_id"], "metrics"] == row["metrics"]
+
+
+def test_a_task_at_its_time_limit_checkpoints_requeues_and_finishes(slurm_cluster, tmp_path):
+    samples = 3
+    # About a minute and a half of training on one CPU; the time limit is one minute and USR2 comes 50 s before
+    # it, at slurmctld's next check (every 30 s): each run of the task is cut short after at most ~40 s.
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=10, steps=None, scheduler={"type": "fifo"})
+    profile = tmp_path / "short.yaml"
+    profile.write_text(yaml.safe_dump(dict(yaml.safe_load(slurm_cluster.profile.read_text()),
+                                           timeout_min=1, signal_delay_s=50, max_num_timeout=12)))
+    store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
+    done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(profile), "--runs-dir", str(tmp_path / "runs"),
+                  cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = done.stdout.split("submitted array job ")[1].split(":")[0]
+    _wait("the time-limited job", lambda: _finished(slurm_cluster, job), timeout=900, every=3)
+    assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "limit" / "slurm").rglob("*_log.err"))
+    assert "checkpoint" in logs.lower()  # submitit called CellJob.checkpoint on USR2 and requeued the task
+    _check_cell(store, "limit", samples)
+
+
+def test_dry_run_for_leonardo_prints_the_script_the_map_and_the_budget_and_writes_nothing(tmp_path):
+    before = set(tmp_path.iterdir())
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "submit", str(ROOT / "sweeps" / "cifar100_3x3.yaml"),
+                           "--cluster", str(ROOT / "slurm" / "leonardo.yaml"), "--account", "IscrC_TEST", "--dry-run",
+                           "--storage", f"sqlite:///{tmp_path / 'nowhere.db'}", "--runs-dir", str(tmp_path / "runs")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), PATH="/usr/bin:/bin"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for line in ("#SBATCH --partition=boost_usr_prod", "#SBATCH --account=IscrC_TEST", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=32", "#SBATCH --array=0-4", "#SBATCH --requeue", "#SBATCH --signal=USR2@120"):
+        assert line in out, line
+    assert "resnet56-k3-s0 (worker 1 of 1)" in out and "GPU-hours:" in out
+    assert "nothing submitted" in out
+    assert set(tmp_path.iterdir()) == before
