@@ -277,21 +277,7 @@ class Store:
 
     def _open(self) -> None:
         """Connect, check the schema version, and (when writing) create or upgrade the tables."""
-        for attempt in range(40):
-            try:
-                with self.engine.connect() as conn:
-                    tables = set(inspect(conn).get_table_names())
-                break
-            except DBAPIError as exc:
-                # Switching a new SQLite file to WAL takes an exclusive lock that does not wait on the busy
-                # timeout: processes opening it together retry instead of failing.
-                if "locked" in str(exc.orig) and attempt < 39:
-                    time.sleep(0.05 * (attempt + 1))
-                    continue
-                raise StoreError(
-                    f"cannot open results store {self._masked!r}: {_first_line(exc)}; "
-                    "check the path or that the server is running and the host, port, user and password are right"
-                ) from None
+        tables = set(self._retry_locked(lambda conn: inspect(conn).get_table_names()))
         if tables and not {"sweeps", "trials", "epochs"} <= tables:
             raise StoreError(f"results store {self._masked!r} is not a wconv results database (it has tables "
                              f"{sorted(tables)[:5]}); point --storage at a database wconv wrote")
@@ -302,11 +288,30 @@ class Store:
             raise StoreError(f"results store {self._masked!r} was written by a newer wconv (schema {version}, this "
                              f"wconv reads ≤ {SCHEMA_VERSION}); upgrade wconv to read it")
         if self.create:
+            if self.engine.dialect.name == "sqlite":
+                # On the driver's connection: SQLAlchemy would wrap it in a transaction, where SQLite refuses it.
+                self._retry_locked(lambda conn: conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL"))
             self._create_tables()
         with self.engine.connect() as conn:
             insp = inspect(conn)
             self._columns = {name: {c["name"] for c in insp.get_columns(name)}
                              for name in insp.get_table_names() if name in metadata.tables}
+
+    def _retry_locked(self, action):
+        """Run ``action(conn)``; switching a SQLite file to WAL takes an exclusive lock that does not wait on
+        the busy timeout, so processes opening a new file together retry instead of failing."""
+        for attempt in range(40):
+            try:
+                with self.engine.connect() as conn:
+                    return action(conn)
+            except DBAPIError as exc:
+                if "locked" in str(exc.orig) and attempt < 39:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise StoreError(
+                    f"cannot open results store {self._masked!r}: {_first_line(exc)}; check the path, or that the "
+                    "server is running and the host, port, user and password are right"
+                ) from None
 
     def _version(self) -> int:
         with self.engine.connect() as conn:
@@ -719,7 +724,8 @@ class _WriteTransaction:
 
 
 def _configure_sqlite(engine: Engine, wal: bool = True) -> None:
-    """WAL + busy timeout, and BEGIN IMMEDIATE for writes (a read-only store leaves the journal mode alone).
+    """Busy timeout, and BEGIN IMMEDIATE for writes (WAL is set once, in ``Store._open``, after the file was
+    found to be wconv's or new: it is a property of the file, and a foreign file must not be changed).
 
     pysqlite starts a *deferred* transaction; when such a transaction upgrades to a write while
     another process writes, SQLite may answer "database is locked" at once, without waiting for
@@ -732,7 +738,6 @@ def _configure_sqlite(engine: Engine, wal: bool = True) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # before journal_mode, which may wait
         if wal:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

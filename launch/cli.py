@@ -80,8 +80,8 @@ def _cmd_best(args) -> None:
     from analysis.query import best_alpha, format_table
     from analysis.store import Store
 
-    table = best_alpha(Store(args.storage, create=False), sweep=args.sweep, model=args.model, kernel=args.kernel,
-                       by=args.by)
+    with Store(args.storage, create=False) as store:
+        table = best_alpha(store, sweep=args.sweep, model=args.model, kernel=args.kernel, by=args.by)
     if table.empty and args.format == "table":
         print("no finished cell matches" + (f" (sweep {args.sweep!r})" if args.sweep else "") + f" in {args.storage}")
         return
@@ -160,10 +160,12 @@ def _cmd_status(args) -> None:
 
 def _cmd_cancel(args) -> None:
     from analysis.store import Store
-    from launch.slurm import cancel_sweep
+    from launch.slurm import cancel_sweep, recorded_jobs
 
+    with Store(args.storage, create=False) as store:  # nothing is created for a sweep that is not there
+        recorded_jobs(store, _known_sweep(store, args.sweep))
     with Store(args.storage) as store:
-        cancel_sweep(store, _known_sweep(store, args.sweep))
+        cancel_sweep(store, args.sweep)
 
 
 def _known_sweep(store, name: str) -> str:
@@ -291,29 +293,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _user_errors() -> tuple[type, ...]:
+    """The exceptions that are a user's mistake (one line, exit 2), imported only when something went wrong:
+    importing them up front would load torch for every command."""
     from analysis.frames import ResultsError
     from analysis.report import ReportFolderError
     from analysis.store import StoreError
     from launch.cell import SweepChanged
     from launch.launcher import ResourceError, SubmitError
     from launch.lease import LeaseHeld
-    from launch.spec import SpecError
     from wconv.data import DatasetError
 
+    return (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged, SubmitError, ResultsError,
+            ReportFolderError)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except SpecError as e:
-        print(str(e), file=sys.stderr)
-        return USER_ERROR
-    except (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged, SubmitError, ResultsError,
-            ReportFolderError) as e:
-        print(f"wconv {args.command}: {e}", file=sys.stderr)
-        return USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        from launch.spec import SpecError
+
+        if isinstance(e, SpecError):
+            print(str(e), file=sys.stderr)
+            return USER_ERROR
+        if isinstance(e, _user_errors()):
+            print(f"wconv {args.command}: {e}", file=sys.stderr)
+            return USER_ERROR
+        raise
     return 0
 
 

@@ -261,7 +261,7 @@ def _store_state(sweep: Sweep, dry_run: bool) -> tuple[dict, list, list]:
         return {}, sweep.cells(), []
 
 
-def _recorded_jobs(store: Store, sweep: str) -> list[dict]:
+def recorded_jobs(store: Store, sweep: str) -> list[dict]:
     jobs = store.jobs(sweep)
     if jobs.empty:
         raise SubmitError(f"sweep {sweep!r} was never submitted to SLURM from {store!r}; "
@@ -275,7 +275,7 @@ def sweep_status(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
 
     from analysis.store import TERMINAL
 
-    jobs = _recorded_jobs(store, sweep)
+    jobs = recorded_jobs(store, sweep)
     info = store.sweep(sweep) or {}
     spec = info.get("spec") or {}
     total = int((spec.get("search") or {}).get("num_samples", 0)) + 1
@@ -302,7 +302,7 @@ def sweep_status(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
 
 def cancel_sweep(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
     """Cancel the sweep's array jobs and mark what was running as interrupted: a later ``submit`` resumes it."""
-    jobs = _recorded_jobs(store, sweep)
+    jobs = recorded_jobs(store, sweep)
     ids = [j["job_id"] for j in jobs if j["state"] != "cancelled"]
     if ids:
         require_slurm()
