@@ -1,17 +1,6 @@
-"""Training throughput against the paper's Table 4 / Table 6, and whether the data path keeps up.
+"""Whether the data path keeps up with training on the CPU, and what per-epoch validation costs.
 
-GPU part (only when CUDA is present): the CIFAR-100 training step of every classification model, standard vs
-weighted (α = 0.8), channels_last + bf16 autocast, SGD, batch 128, as ``wconv.train.run_trial`` does it. The
-batch comes from ``train.batches`` each step (scaling, flips on the device), over the real training split
-(``--cifar-root``) or over 50,000 synthetic uint8 32×32 RGB images already on the GPU (45,000 in the train
-split, as the real one). Standard and weighted steps alternate (ABBA) in one process; each figure is the
-median of ``--steps`` steps after ``--warmup``, the ratio the median of per-pair ratios. Epoch time is
-extrapolated to 45,000 images (the paper's epoch may also hold validation; ours does not).
-Targets: epochs ≥ 20× faster than Table 4 (A100), weighted/standard ≤ 1.02. The denoisers (Table 6) run the
-same way at 3×3 (α = 0.8) and 5×5 (α = (0.5, 0.9)) on 64×64 RGB patches, Adam, batch 128, epoch =
-11,520 patches (16 per DIV2K training image); the paper does not say what its DIV2K epoch holds, so the
-speed-up against Table 6 is indicative only. "loader ex/s" times ``train.batches`` alone on the GPU;
-"loader/step" divides it by the standard step's ex/s (which includes drawing its batch).
+The GPU measurements (the paper's Tables 4 and 6, fused trials, trials per GPU-hour) are in ``benchmarks/gpu.py``.
 
 CPU part (always; ``torch.set_num_threads(--threads)``, 2 by default = the dev machine's cores): for each
 dataset, examples/s of iterating ``train.batches(128, generator)`` with no model, against examples/s of one
@@ -27,9 +16,8 @@ metrics validated before (PSNR, SSIM, NRMSE, UIQ) and now (``TrainingConfig.val_
 SSIM, NRMSE; UIQ and FSIM at the final test only), for tiny_denoiser and a small DnCNN on ``natural``. Times
 ``train_epoch`` and ``validate`` of ``run_trial``'s own steps over ``--eval-epochs`` epochs after one warm-up.
 
-    python benchmarks/throughput.py                      # both parts (GPU part skipped without CUDA)
+    python benchmarks/throughput.py                      # both parts
     python benchmarks/throughput.py --part eval --threads 1
-    python benchmarks/throughput.py --part gpu --compile --cifar-root /scratch/data
     python benchmarks/throughput.py --part cpu --width 0.5 --cpu-steps 3
 """
 
@@ -44,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -53,17 +40,8 @@ from wconv import data, models
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from official_formats import write_cifar100, write_div2k  # noqa: E402  (shared with the tests)
 from wconv.conv import param_groups
-from wconv.data.split import LabelledImages, NoisyPatches
 from wconv.train import TrainingConfig
 
-PAPER_TABLE_4 = {"resnet56": (202, 215), "vgg16": (378, 414), "nin": (109, 115), "gmlp": (54, 56),
-                 "gac_snn": (118, 130), "efficientnet_b0": None}
-"""Seconds per CIFAR-100 training epoch on an A100, (standard, weighted); EfficientNet is not in the table."""
-PAPER_TABLE_6 = {(3, "dncnn"): (2.43, 2.50), (3, "nafnet"): (2.08, 2.10), (3, "cgnet"): (3.04, 3.07),
-                 (5, "dncnn"): (9.48, 9.76), (5, "nafnet"): (8.92, 9.11), (5, "cgnet"): (11.02, 11.13)}
-"""Seconds per DIV2K training epoch, (standard, weighted), by (kernel size, model)."""
-ALPHA = {3: 0.8, 5: (0.5, 0.9)}
-CIFAR_TRAIN = 45_000
 DIV2K_PATCHES = 16 * 720
 CPU_MODELS = {"digits": "tiny_cnn", "natural": "tiny_denoiser", "cifar100": "resnet56", "div2k": "dncnn"}
 CPU_STEP_BATCH = {"digits": 128, "natural": 32, "cifar100": 32, "div2k": 8}
@@ -99,7 +77,7 @@ def loader_throughput(split, batch_size: int, examples: int, repeats: int, devic
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module,
                   batches: Iterator, device: torch.device, amp: bool) -> Callable[[], int]:
-    """One step of ``run_trial``'s loop (next batch, autocast forward, loss in float32, backward, step)."""
+    """One step of ``run_trial``'s loop (next batch, autocast forward, loss, backward, step)."""
 
     def step() -> int:
         x, y = next(batches)
@@ -111,26 +89,6 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.M
         return len(x)
 
     return step
-
-
-def time_interleaved(a: Callable[[], int], b: Callable[[], int], device: torch.device, steps: int,
-                     warmup: int) -> tuple[float, float, float]:
-    """Median examples/s of ``a`` and ``b`` run alternately (AB, BA, ...), and the median of paired time ratios b/a."""
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    sizes = {}
-    for rep in range(warmup + steps):
-        for key in ("ab" if rep % 2 == 0 else "ba"):
-            _sync(device)
-            start = time.perf_counter()
-            sizes[key] = (a if key == "a" else b)()
-            _sync(device)
-            if rep >= warmup:
-                times[key].append(time.perf_counter() - start)
-    ratio = statistics.median(tb / ta for ta, tb in zip(times["a"], times["b"]))
-    return sizes["a"] / statistics.median(times["a"]), sizes["b"] / statistics.median(times["b"]), ratio
-
-
-# ---------------------------------------------------------------- generated official-format files
 
 
 # ---------------------------------------------------------------- CPU part
@@ -255,152 +213,12 @@ def eval_part(args: argparse.Namespace) -> None:
                   flush=True)
 
 
-# ---------------------------------------------------------------- GPU part
-
-
-def synthetic_cifar(device: torch.device) -> LabelledImages:
-    """50,000 random uint8 32×32 RGB images on ``device``; the first 45,000 are the train split."""
-    g = torch.Generator(device=device).manual_seed(0)
-    images = torch.randint(0, 256, (50_000, 3, 32, 32), generator=g, device=device, dtype=torch.uint8)
-    labels = torch.arange(50_000, device=device) % 100
-    from wconv.data.cifar import MEAN, STD
-
-    return LabelledImages(images[:CIFAR_TRAIN], labels[:CIFAR_TRAIN], scale=1 / 255, mean=MEAN, std=STD,
-                          train=True, hflip=True)
-
-
-def synthetic_div2k(device: torch.device, n_images: int) -> NoisyPatches:
-    """``n_images`` random uint8 1356×2040 RGB images on ``device``, 11,520 random 64×64 patches per epoch."""
-    g = torch.Generator(device=device).manual_seed(0)
-    images = [torch.randint(0, 256, (3, 1356, 2040), generator=g, device=device, dtype=torch.uint8)
-              for _ in range(n_images)]
-    return NoisyPatches(images, patch_size=64, patches_per_epoch=DIV2K_PATCHES, sigma=0.01, hflip=True, seed=100)
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """channels_last for every 4-D parameter and buffer. ``model.to(memory_format=torch.channels_last)``, as
-    ``wconv.train.prepare_trial`` calls it, raises on 5-D tensors (gac_snn's Conv3d weights)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.dim() == 4:
-            t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
-def _gpu_twin(name: str, kernel_size: int, alpha, task: str, split, args,
-              device) -> tuple[Callable[[], int], nn.Module]:
-    """A training step of ``name`` (standard if alpha is None) as ``run_trial`` builds it, over its own data stream."""
-    torch.manual_seed(0)
-    model = to_channels_last(models.build(name, kernel_size=kernel_size, alpha=alpha).to(device))
-    tc = TrainingConfig.for_task(task)
-    groups = param_groups(model, tc.weight_decay)
-    if tc.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum)
-    else:
-        optimizer = torch.optim.Adam(groups, lr=tc.lr, betas=tuple(tc.betas))
-    loss = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing) if task == "classification" else nn.MSELoss()
-    model.train()
-    run = torch.compile(model) if args.compile else model
-    return training_step(run, optimizer, loss, _endless(split, args.batch, 0), device, amp=True), model
-
-
-def gpu_rows(names, kernel_size: int, task: str, split, epoch: int, paper: Callable, args, device) -> list[tuple]:
-    rows = []
-    loader = loader_throughput(split, args.batch, 20 * args.batch, 3, device)
-    for name in names:
-        standard, m1 = _gpu_twin(name, kernel_size, None, task, split, args, device)
-        weighted, m2 = _gpu_twin(name, kernel_size, ALPHA[kernel_size], task, split, args, device)
-        std, wtd, ratio = time_interleaved(standard, weighted, device, args.steps, args.warmup)
-        rows.append((f"{name} {kernel_size}×{kernel_size}", std, wtd, ratio, loader, epoch, paper(name)))
-        print(f"  {name} {kernel_size}×{kernel_size}: {std:,.0f} / {wtd:,.0f} ex/s, weighted/standard {ratio:.3f}",
-              flush=True)
-        del standard, weighted, m1, m2
-        torch.cuda.empty_cache()
-    return rows
-
-
-def print_gpu_table(title: str, rows: list[tuple]) -> None:
-    print(f"\n{title}")
-    header = (f"| {'model':<20} | {'std ex/s':>9} | {'wtd ex/s':>9} | {'epoch s std/wtd':>17} | {'paper s':>13} | "
-              f"{'speed-up std/wtd':>16} | {'wtd/std':>7} | {'paper':>5} | {'loader ex/s':>11} | {'loader/step':>11} |")
-    print(header)
-    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
-    for name, std, wtd, ratio, loader, epoch, paper in rows:
-        ep_s, ep_w = epoch / std, epoch / wtd
-        if paper:
-            paper_s, paper_ratio = f"{paper[0]:g}/{paper[1]:g}", f"{paper[1] / paper[0]:.3f}"
-            speedup = f"{paper[0] / ep_s:.1f}×/{paper[1] / ep_w:.1f}×"
-        else:
-            paper_s, speedup, paper_ratio = "—", "—", "—"
-        print(f"| {name:<20} | {std:>9,.0f} | {wtd:>9,.0f} | {f'{ep_s:.2f}/{ep_w:.2f}':>17} | {paper_s:>13} | "
-              f"{speedup:>16} | {ratio:>7.3f} | {paper_ratio:>5} | {loader:>11,.0f} | {loader / std:>11.1f} |")
-
-
-def gpu_part(args: argparse.Namespace) -> None:
-    if not torch.cuda.is_available():
-        why = ("torch was built without CUDA" if torch.version.cuda is None
-               else "no CUDA device is visible (driver/CUDA_VISIBLE_DEVICES)")
-        print(f"\n== GPU part skipped: torch.cuda.is_available() is False ({why}; torch {torch.__version__})")
-        return
-    device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    print(f"\n== GPU part: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, channels_last + bf16 "
-          f"autocast{', torch.compile' if args.compile else ''}, batch {args.batch}, median of {args.steps} steps "
-          f"after {args.warmup} warm-up, standard/weighted interleaved", flush=True)
-    if args.cifar_root:
-        source = f"real CIFAR-100 from {args.cifar_root}"
-        split = data.load("cifar100", root=args.cifar_root, device=device).train
-    else:
-        source = "SYNTHETIC: 50,000 random 32×32 RGB uint8 images on the GPU (45,000 train), not the real dataset"
-        split = synthetic_cifar(device)
-    print(f"  CIFAR-100 data: {source}")
-    rows = gpu_rows(args.models, 3, "classification", split, CIFAR_TRAIN, PAPER_TABLE_4.get, args, device)
-    del split
-    print_gpu_table(f"CIFAR-100 (Table 4, A100; α = {ALPHA[3]}), epoch = {CIFAR_TRAIN:,} images; {source}", rows)
-    check_targets(rows, need_paper=True)
-    if not args.denoisers:
-        return
-    if args.div2k_root:
-        source = f"real DIV2K from {args.div2k_root} (epoch {DIV2K_PATCHES:,} patches)"
-        split = data.load("div2k", root=args.div2k_root, device=device, patches_per_epoch=DIV2K_PATCHES).train
-    else:
-        source = (f"SYNTHETIC: {args.synthetic_div2k_images} random 1356×2040 RGB uint8 images on the GPU, "
-                  f"{DIV2K_PATCHES:,} random 64×64 patches per epoch")
-        split = synthetic_div2k(device, args.synthetic_div2k_images)
-    print(f"  DIV2K data: {source}")
-    rows = []
-    for k in (3, 5):
-        rows += gpu_rows(args.denoisers, k, "denoising", split, DIV2K_PATCHES,
-                         lambda name, k=k: PAPER_TABLE_6.get((k, name)), args, device)
-    print_gpu_table(f"DIV2K denoising (Table 6; α = {ALPHA[3]} at 3×3, {ALPHA[5]} at 5×5), epoch = "
-                    f"{DIV2K_PATCHES:,} 64×64 patches (the paper's epoch is not stated: speed-ups indicative); "
-                    f"{source}", rows)
-    check_targets(rows, need_paper=False)
-
-
-def check_targets(rows: list[tuple], need_paper: bool) -> None:
-    speedups = [p * rate / epoch for _, std, wtd, _, _, epoch, paper in rows if paper
-                for p, rate in zip(paper, (std, wtd))]
-    ratios = [r[3] for r in rows]
-    if speedups:
-        print(f"targets: speed-up ≥ 20× for every model: {'met' if min(speedups) >= 20 else 'NOT met'} "
-              f"(lowest {min(speedups):.1f}×{'' if need_paper else ', indicative'}); "
-              f"weighted/standard ≤ 1.02: {'met' if max(ratios) <= 1.02 else 'NOT met'} (highest {max(ratios):.3f})")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "cpu", "gpu", "eval"), default="all")
+    parser.add_argument("--part", choices=("all", "cpu", "eval"), default="all")
     parser.add_argument("--cifar-root", help="folder holding cifar-100-python (real data); "
-                        "default: generated files (CPU) / synthetic tensors (GPU)")
+                        "default: generated files")
     parser.add_argument("--div2k-root", help="folder holding DIV2K_train_HR and DIV2K_valid_HR (real data)")
-    g = parser.add_argument_group("GPU part")
-    g.add_argument("--steps", type=int, default=20, help="timed steps per model and variant (median)")
-    g.add_argument("--warmup", type=int, default=5, help="untimed steps first (cudnn autotuning, compilation)")
-    g.add_argument("--batch", type=int, default=128)
-    g.add_argument("--compile", action="store_true", help="torch.compile the models")
-    g.add_argument("--models", nargs="+", default=list(PAPER_TABLE_4))
-    g.add_argument("--denoisers", nargs="*", default=["dncnn", "nafnet", "cgnet"], help="none: skip Table 6")
-    g.add_argument("--synthetic-div2k-images", type=int, default=720)
     c = parser.add_argument_group("CPU part")
     c.add_argument("--threads", type=int, default=2, help="torch CPU threads of the CPU part")
     c.add_argument("--width", type=float, default=1.0, help="channel multiplier of the CPU models")
@@ -418,8 +236,6 @@ def main() -> None:
 
     started = time.perf_counter()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
-    if args.part in ("all", "gpu"):
-        gpu_part(args)
     if args.part in ("all", "cpu"):
         cpu_part(args)
     if args.part in ("all", "eval"):

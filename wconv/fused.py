@@ -138,13 +138,13 @@ class _Group:
     """The state of a fused group: stacked parameters and buffers of its running members, their optimiser,
     LR schedule and data order, and each member's ``_Progress``."""
 
-    def __init__(self, members: Sequence[TrialConfig], checkpoint_dir: Path, member_dirs: Sequence[Path]):
+    def __init__(self, members: Sequence[TrialConfig], checkpoint_dir: Path, member_dirs: Sequence[Path], data=None):
         check_group(members)
         self.members, self.member_dirs = list(members), list(member_dirs)
         self.training = tc = members[0].training
         self.device = _device()
         self.checkpoint = checkpoint_dir / GROUP_CHECKPOINT
-        self.data = load_data(members[0], self.device)
+        self.data = load_data(members[0], self.device) if data is None else data
         self.task = _Task(self.data.task, tc, self.data.num_classes, self.device)
         # Each build re-seeds the global RNGs, so they end as after one trial's build (dropout draws next).
         modules = [build_model(_weighted(m), self.data, self.device) for m in members]

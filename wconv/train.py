@@ -7,6 +7,7 @@ launchers, stores and reports read it by these names.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import random
@@ -285,8 +286,6 @@ class _Task:
     """Loss and metrics of one task; the training loop itself is task-agnostic."""
 
     def __init__(self, task: str, training: TrainingConfig, num_classes: Optional[int], device: torch.device):
-        from wconv import metrics
-
         self.name = task
         self.device = device
         self.num_classes = num_classes
@@ -295,7 +294,13 @@ class _Task:
             self.loss = nn.CrossEntropyLoss(label_smoothing=training.label_smoothing)
         else:
             self.loss = nn.MSELoss()
-        self.settings = metrics.metric_settings(task)
+
+    @functools.cached_property
+    def settings(self) -> dict:
+        """``metric_settings`` of the task, asked for at the end only (it looks up installed versions)."""
+        from wconv import metrics
+
+        return metrics.metric_settings(self.name)
 
     def loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss in at least float32 (bf16 autocast outputs are promoted; float64 models stay float64)."""
@@ -421,13 +426,14 @@ def make_optimizer(groups: list[dict], training: TrainingConfig) -> tuple[torch.
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
 
 
-def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu") -> TrialSetup:
+def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu", data=None) -> TrialSetup:
     """Data, model, optimiser, LR schedule and data-order generator of a trial, before any training.
 
     The initial weights and the data order depend on the seed only, never on α (``build_model``).
+    ``data``: a ``TaskData`` already on ``device`` instead of ``config.dataset`` (benchmarks on generated tensors).
     """
     device = torch.device(device)
-    td = load_data(config, device)
+    td = load_data(config, device) if data is None else data
     model = build_model(config, td, device)
     optimizer, scheduler = make_optimizer(param_groups(model, config.training.weight_decay), config.training)
     order = torch.Generator().manual_seed(config.seed)
@@ -483,11 +489,11 @@ def _outcome(progress: _Progress, metrics: dict, training: TrainingConfig,
 class _Trial:
     """The steps of ``run_trial``: one object so each step reads the trial's pieces by name."""
 
-    def __init__(self, config: TrialConfig, checkpoint_dir: Path):
+    def __init__(self, config: TrialConfig, checkpoint_dir: Path, data=None):
         self.config, self.training = config, config.training
         self.device = _device()
         self.checkpoint = checkpoint_dir / CHECKPOINT
-        self.setup = prepare_trial(config, self.device)
+        self.setup = prepare_trial(config, self.device, data)
         self.task = _Task(self.setup.data.task, self.training, self.setup.data.num_classes, self.device)
         self.dtype = next(self.setup.model.parameters()).dtype
         self.about = _about(self.device, config.baseline)
