@@ -5,10 +5,11 @@ Import the fixtures into a test module (``from sweep_db import smoke_db  # noqa:
 once per session however many modules use it (module-level cache: pytest would run a session fixture once per
 module that imports it).
 
-Shrunk so both sweeps, run side by side, take about a minute on 2 cores: classification (digits, tiny_cnn,
-3×3) with 3 sampled α and 4 epochs; denoising (natural images, tiny_denoiser) at 5×5 only, 12 test tiles and
-64 training patches per epoch. ASHA (grace period 2) stops some trials at epoch 2, so the results hold
-completed, stopped and baseline trials, a confusion matrix and denoiser checkpoints.
+Shrunk so both sweeps, run side by side with one trial slot each (so the two Ray clusters keep one worker
+each and never fight over the 2 cores), take 1–2 minutes: classification (digits, tiny_cnn, 3×3) with 4
+sampled α, 4 epochs and ASHA rungs at epochs 1 and 3; denoising (natural images, tiny_denoiser) at 5×5 only
+with 3 sampled α, 12 test tiles and 64 training patches per epoch. The results hold completed and baseline
+trials (and usually some ASHA stopped), a confusion matrix and denoiser checkpoints.
 
 While working on the analysis, ``WCONV_SMOKE_DB=/path/results.db`` reuses a database an earlier ``build`` wrote
 (its checkpoints must still be where it recorded them) instead of running the sweeps again.
@@ -30,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 WCONV = Path(sys.executable).with_name("wconv")
 CLASSIFICATION, DENOISING = "smoke", "smoke_denoise"
 RUNS = {
-    CLASSIFICATION: ["sweeps/smoke.yaml", "--set", "search.num_samples=3", "--set", "training.epochs=4"],
+    CLASSIFICATION: ["sweeps/smoke.yaml", "--set", "search.num_samples=4", "--set", "training.epochs=4",
+                     "--set", "scheduler.grace_period=1"],
     DENOISING: ["sweeps/smoke_denoise.yaml", "--set", "search.num_samples=3", "--set", "training.epochs=4",
                 "--set", "kernels={5: [[0.05, 1.5], [0.5, 1.5]]}", "--set", "dataset.options.tiles_per_image=12",
                 "--set", "dataset.options.patches_per_epoch=64"],
@@ -45,7 +47,7 @@ def build(base: Path) -> Path:
     procs = {}
     for name, args in RUNS.items():
         cmd = [str(WCONV), "run", *args, "--storage", f"sqlite:///{db}", "--runs-dir", str(base / "runs"),
-               "--num-cpus", "2"]
+               "--num-cpus", "1"]
         log = open(base / f"{name}.log", "w")
         procs[name] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env), log)
     for name, (proc, log) in procs.items():

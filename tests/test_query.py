@@ -272,3 +272,13 @@ def test_empty_results_render_in_every_format(store):
     assert "(no results)" in format_table(df)
     with pytest.raises(ValueError, match="format"):
         format_table(df, "xml")
+
+
+def test_a_tie_goes_to_the_smaller_alpha_in_both_views(store):
+    store.record_sweep("acc", task="classification", metric="val_acc", mode="max", spec={})
+    for seed in (0, 1):
+        _trial(store, "acc", f"s{seed}/1.0", seed=seed, alpha=[1.0], baseline=True, val_acc=0.80)
+        _trial(store, "acc", f"s{seed}/1.3", seed=seed, alpha=[1.3], val_acc=0.85)
+        _trial(store, "acc", f"s{seed}/0.7", seed=seed, alpha=[0.7], val_acc=0.85)
+    assert [r["best_alpha"] for r in best_alpha(store, by="cell").to_dict("records")] == [[0.7], [0.7]]
+    assert best_alpha(store, by="model").loc[0, "best_alpha"] == [0.7]
