@@ -141,6 +141,10 @@ def draw_alpha_line(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
                    linewidth=0.6)
         ax.scatter(trials.loc[stopped, "alpha_1"], values[stopped], s=46, facecolor="none", edgecolor=color,
                    linewidth=1.3, zorder=3)
+        for _, row in trials[stopped].iterrows():
+            if pd.notna(values[row.name]) and pd.notna(row["epochs_run"]):
+                ax.annotate(f"epoch {int(row['epochs_run'])}", (row["alpha_1"], values[row.name]), xytext=(6, -3),
+                            textcoords="offset points", fontsize=7, color="#666666")
         base = trials[mine & is_baseline & (trials["status"] == "completed")]
         for _, row in base.iterrows():
             ax.axhline(values[row.name], color=BASELINE_COLOR if len(colors) == 1 else color, linestyle="--",

@@ -189,7 +189,8 @@ def _table(name: str, caption: str, data: list[dict], shown: list[dict], bold: l
 def seconds_per_epoch(frames: Frames) -> pd.Series:
     """Per search trial (index: trial_id): the median time between consecutive epochs, from the per-epoch
     ``wall_time_s`` (elapsed in the trial): data loading, model building and the first epoch's warm-up left
-    out. Trials with fewer than two recorded epochs fall back to ``wall_time_s / epochs_run``."""
+    out. A trial with one recorded epoch has no such measure (NaN); one with no per-epoch record at all falls
+    back to ``wall_time_s / epochs_run``."""
     trials = search_trials(frames)
     per_trial = (trials["wall_time_s"] / trials["epochs_run"].astype(float)).where(trials["epochs_run"] > 0)
     per_trial.index = trials["trial_id"]
@@ -197,8 +198,8 @@ def seconds_per_epoch(frames: Frames) -> pd.Series:
     if "wall_time_s" in epochs.columns and not epochs.empty:
         mine = epochs[epochs["trial_id"].isin(trials["trial_id"])].sort_values(["trial_id", "epoch"])
         steps = mine.groupby("trial_id")["wall_time_s"].diff() / mine.groupby("trial_id")["epoch"].diff()
-        steady = steps.groupby(mine["trial_id"]).median().dropna()
-        per_trial.loc[steady.index] = steady
+        steady = steps.astype(float).groupby(mine["trial_id"]).median()
+        per_trial.loc[steady.index] = steady.to_numpy(dtype=float)
     return per_trial.astype(float)
 
 
