@@ -33,6 +33,8 @@ class Frames:
     """One row per trial; ``stage`` is "search" or "confirm", ``arm`` names a confirmation arm."""
     epochs: pd.DataFrame
     """One row per (sweep, trial_id, epoch)."""
+    metrics: tuple[str, ...] = ()
+    """The columns of ``trials`` that came from its ``metrics`` (what a trial reported)."""
 
     def sweep(self, name: str) -> dict:
         """The sweep's row as a dict; ResultsError listing the recorded sweeps if there is none."""
@@ -60,7 +62,8 @@ class Frames:
         sweeps = self.sweeps if sweep is None else self.sweeps[self.sweeps["name"] == sweep]
         keys = trials[["sweep", "trial_id"]]
         epochs = self.epochs.merge(keys, on=["sweep", "trial_id"]) if sweep or model or kernel else self.epochs
-        return Frames(sweeps.reset_index(drop=True), trials.reset_index(drop=True), epochs.reset_index(drop=True))
+        return Frames(sweeps.reset_index(drop=True), trials.reset_index(drop=True), epochs.reset_index(drop=True),
+                      self.metrics)
 
 
 def load(source: str | Store = DEFAULT_URL, sweep: str | None = None) -> Frames:
@@ -83,7 +86,9 @@ def load(source: str | Store = DEFAULT_URL, sweep: str | None = None) -> Frames:
     if sweep is not None:
         sweeps = sweeps[sweeps["name"] == sweep].reset_index(drop=True)
     trials = _with_stage(trials)
-    return Frames(sweeps=sweeps, trials=_flatten(trials, "metrics"), epochs=_flatten(epochs, "metrics"))
+    flat = _flatten(trials, "metrics")
+    return Frames(sweeps=sweeps, trials=flat, epochs=_flatten(epochs, "metrics"),
+                  metrics=tuple(c for c in flat.columns if c not in trials.columns))
 
 
 def _with_stage(trials: pd.DataFrame) -> pd.DataFrame:

@@ -154,11 +154,8 @@ def _by_cell(frames: Frames) -> list[dict]:
 
 def _scalar_metrics(frames: Frames, trial: pd.Series, exclude: str | None) -> dict:
     """The trial's other numeric metrics (the confusion matrix stays out of a one-line answer)."""
-    skip = {"sweep", "trial_id", "cell", "model", "kernel_size", "alpha", "alpha_1", "alpha_2", "seed", "baseline",
-            "status", "reason", "epochs_run", "metric_settings", "wall_time_s", "host", "device", "stage", "arm",
-            "checkpoint", "owner", "started_at", "updated_at", exclude}
-    return {k: _plain(v) for k, v in trial.items()
-            if k not in skip and isinstance(_plain(v), Number) and not isinstance(v, bool)}
+    values = {k: _plain(trial[k]) for k in frames.metrics if k != exclude}
+    return {k: v for k, v in values.items() if isinstance(v, Number) and not isinstance(v, bool)}
 
 
 @dataclass(frozen=True)

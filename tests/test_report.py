@@ -241,3 +241,15 @@ def test_a_database_from_a_newer_wconv_is_refused(smoke_db, tmp_path, capsys):  
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     rc, _, stderr = _report(db, CLASSIFICATION, tmp_path / "r", capsys)
     assert rc == 2 and "newer wconv" in stderr and stderr.count("\n") == 1
+
+
+def test_checkpoints_missing_here_skip_the_examples_and_say_why(smoke_db, tmp_path, capsys):  # noqa: F811
+    db = tmp_path / "moved.db"
+    shutil.copy(smoke_db, db)
+    with sqlite3.connect(db) as conn:  # as if the checkpoints were written on a cluster's scratch
+        conn.execute("UPDATE trials SET checkpoint = '/scratch/gone/' || trial_id WHERE sweep = ?", (DENOISING,))
+    rc, _, stderr = _report(db, DENOISING, tmp_path / "r", capsys)
+    assert rc == 0 and "figure examples_tiny_denoiser_k5.png skipped: checkpoint /scratch/gone/" in stderr
+    assert not (tmp_path / "r" / "figures" / "examples_tiny_denoiser_k5.png").exists()
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Not rendered: checkpoint /scratch/gone/" in html and "figures/alpha_tiny_denoiser_k5.png" in html
