@@ -252,6 +252,14 @@ def draw_alpha_map(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
         ax.grid(alpha=0.3)
     for ax in axes[len(seeds):]:
         ax.set_visible(False)
+    axes[0].legend(handles=[
+        Line2D([], [], marker="s", linestyle="", color="#777777", markersize=9, label="completed"),
+        Line2D([], [], marker="o", linestyle="", color="#bbbbbb", markeredgecolor=STOPPED_COLOR, label="stopped by ASHA"),
+        Line2D([], [], marker="*", linestyle="", color="#777777", markeredgecolor=BASELINE_COLOR, markersize=13,
+               label="α = 1 baseline"),
+        Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=BEST_COLOR, markersize=13,
+               markeredgewidth=2, label="chosen α"),
+    ], fontsize=8, loc="lower right", framealpha=0.9)
     if scatter is not None:
         fig.colorbar(scatter, ax=axes[: len(seeds)].tolist(), label=f"{metric} ({'higher' if mode == 'max' else 'lower'}"
                      " is better)", shrink=0.9)
