@@ -136,13 +136,13 @@ def test_a_task_requeued_while_running_resumes_with_nothing_lost(slurm_cluster, 
 
 
 def test_a_task_at_its_time_limit_checkpoints_requeues_and_finishes(slurm_cluster, tmp_path):
-    samples = 3
-    # About a minute and a half of training on one CPU; the time limit is one minute and USR2 comes 50 s before
-    # it, at slurmctld's next check (every 30 s): each run of the task is cut short after at most ~40 s.
-    path = _sweep(tmp_path, "limit", samples=samples, epochs=10, steps=None, scheduler={"type": "fifo"})
+    # More training than one run of the task can do: the time limit is one minute and USR2 comes 30 s before
+    # it, at slurmctld's next check (every 30 s), so each run ends after 30-60 s, Ray's start included.
+    samples = 2
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=6, steps=None, scheduler={"type": "fifo"})
     profile = tmp_path / "short.yaml"
     profile.write_text(yaml.safe_dump(dict(yaml.safe_load(slurm_cluster.profile.read_text()),
-                                           timeout_min=1, signal_delay_s=50, max_num_timeout=12)))
+                                           timeout_min=1, signal_delay_s=30, max_num_timeout=20)))
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(profile), "--runs-dir", str(tmp_path / "runs"),
                   cwd=tmp_path)
