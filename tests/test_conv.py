@@ -670,3 +670,18 @@ def test_torch_compile_fullgraph_matches_eager():
     x = torch.randn(2, 2, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x))
+
+
+def test_scale_init_scales_exactly_the_convs_convert_would_weight_by_the_rms_of_their_density():
+    from wconv import convert, density_scale, scale_init
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 5), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, (1, 3)))
+    before = [m.weight.detach().clone() for m in model]
+    scale_init(model, {3: 0.6, 5: (0.1, 0.9)})
+    ratios = [(m.weight.detach() / b).unique() for m, b in zip(model, before)]
+    phi3 = torch.outer(torch.tensor([0.6, 1, 0.6]), torch.tensor([0.6, 1, 0.6]))
+    assert torch.allclose(ratios[0], phi3.square().mean().sqrt().float())  # 0.573 per 3×3 conv
+    assert torch.allclose(ratios[1], torch.tensor(density_scale((5, 5), (0.1, 0.9)), dtype=torch.float32))
+    assert ratios[2].tolist() == [1.0] and ratios[3].tolist() == [1.0]  # 1×1 and anisotropic: not weighted
+    weighted = convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)), 0.6)  # the same selection as convert
+    assert [type(m).__name__ for m in weighted] == ["WeightedConv2d", "Conv2d"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -178,3 +178,24 @@ def test_channels_last_converts_the_4d_weights_of_a_model_with_a_conv3d():
     four_d = [p for p in model.parameters() if p.dim() == 4]
     assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
     assert any(p.dim() == 5 for p in model.parameters())
+
+
+def test_the_init_scale_control_scales_the_would_be_weighted_initial_weights_and_nothing_else(tmp_path):
+    from wconv import density_scale
+
+    standard = prepare_trial(replace(_config(), alpha=None))
+    control = prepare_trial(replace(_config(), alpha=None, init_scale=(0.6,)))
+    scale = density_scale((3, 3), 0.6)
+    convs = {name: m.kernel_size for name, m in standard.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert any(k == (3, 3) for k in convs.values())
+    for name, value in standard.model.state_dict().items():
+        other = control.model.state_dict()[name]
+        module = name.rsplit(".", 1)[0]
+        if name.endswith("weight") and convs.get(module) == (3, 3):
+            assert torch.allclose(other, value * scale)
+        else:
+            assert torch.equal(other, value)
+    for (xa, ya), (xb, yb) in zip(_first_batches(standard), _first_batches(control)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    restored = TrialConfig.from_dict(asdict(replace(_config(), init_scale=(0.6,))))
+    assert restored.init_scale == (0.6,)

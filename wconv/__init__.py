@@ -9,8 +9,10 @@ from wconv.conv import (
     WeightedConv3d,
     convert,
     density,
+    density_scale,
     fuse,
     param_groups,
+    scale_init,
 )
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "WeightedConv3d",
     "convert",
     "density",
+    "density_scale",
     "fuse",
     "param_groups",
+    "scale_init",
 ]
 __version__ = "0.1.0"

@@ -296,6 +296,27 @@ def convert(model: nn.Module, alpha: Mapping[int, Coefficients] | float, *, lear
     return _replace(model, swap)
 
 
+def density_scale(kernel_size: int | Sequence[int], alpha: Alpha) -> float:
+    """√mean(Φ²): how much weighting with α scales a kernel of i.i.d. initial weights, on average."""
+    return float(density(kernel_size, alpha, dtype=torch.float64).square().mean().sqrt())
+
+
+def scale_init(model: nn.Module, alpha: Mapping[int, Coefficients] | float) -> nn.Module:
+    """Multiply, in place, the weights of every conv ``convert`` would weight by its α's ``density_scale``.
+
+    The density's scale at initialisation without its shape: a standard-convolution control that tells how
+    much of a weighted model's gain comes from Φ rescaling the initial weights (e.g. 0.57× per 3×3 conv at
+    α = 0.6). Run it on freshly initialised weights, before any training.
+    """
+    by_size = _as_mapping(alpha)
+    with torch.no_grad():
+        for m in model.modules():
+            base = _torch_conv_of(m)
+            if base is not None and len(set(m.kernel_size)) == 1 and m.kernel_size[0] in by_size:
+                m.weight.mul_(density_scale(m.kernel_size, by_size[m.kernel_size[0]]))
+    return model
+
+
 def fuse(model: nn.Module) -> nn.Module:
     """Replace every weighted conv by a plain torch conv with weight ``weight ∘ Φ``: same outputs, no overhead."""
 

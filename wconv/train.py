@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wconv.conv import convert, param_groups
+from wconv.conv import convert, param_groups, scale_init
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
 
 
@@ -235,13 +235,18 @@ class TrialConfig:
     dataset_options: dict = field(default_factory=dict)
     baseline: bool = False
     """The α = 1 reference of a cell: runs its full epoch budget, never stopped early."""
+    init_scale: Optional[tuple[float, ...]] = None
+    """An α whose density *scale* (√mean(Φ²), ``wconv.scale_init``) multiplies the initial weights of the convs
+    it would weight: with ``alpha=None``, a confirmation's control arm (the scale at initialisation without
+    the density's shape)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
         """Inverse of ``dataclasses.asdict`` (what a checkpoint stores)."""
         training = dict(d["training"], betas=tuple(d["training"]["betas"]))
         alpha = None if d.get("alpha") is None else tuple(d["alpha"])
-        return cls(**dict(d, training=TrainingConfig(**training), alpha=alpha))
+        scale = None if d.get("init_scale") is None else tuple(d["init_scale"])
+        return cls(**dict(d, training=TrainingConfig(**training), alpha=alpha, init_scale=scale))
 
 
 CHECKPOINT = "trial.pt"
@@ -409,6 +414,8 @@ def build_model(config: TrialConfig, td, device: torch.device | str = "cpu") -> 
                          in_channels=td.in_channels, num_classes=td.num_classes, **config.model_options)
     if learnable:
         convert(model, {config.kernel_size: config.alpha}, learnable=True)
+    if config.init_scale is not None:
+        scale_init(model, {config.kernel_size: config.init_scale})
     model.to(device)
     if device.type == "cuda" and tc.channels_last:
         _channels_last(model)
