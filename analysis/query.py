@@ -344,7 +344,8 @@ def format_table(df: pd.DataFrame, fmt: str = "table", *, columns: Sequence[str]
         raise ValueError(f"format must be 'table', 'json' or 'csv', got {fmt!r}")
     plain = df.map(_plain) if not df.empty else df
     if fmt == "json":
-        return plain.to_json(orient="records", indent=1, force_ascii=False) + "\n"
+        # json, not pandas' to_json: that rounds to at most 15 digits, and α names trials by its exact value
+        return json.dumps(plain.to_dict("records"), indent=1, ensure_ascii=False) + "\n"
     if fmt == "csv":
         return plain.map(_csv_field).to_csv(index=False, lineterminator="\n") if not df.empty else (
             df.to_csv(index=False, lineterminator="\n"))
