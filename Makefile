@@ -23,6 +23,8 @@ demo: setup
 	$(BIN)/wconv run sweeps/smoke_denoise.yaml
 	$(BIN)/wconv best --sweep smoke
 	$(BIN)/wconv best --sweep smoke_denoise
+	$(BIN)/wconv report smoke
+	$(BIN)/wconv report smoke_denoise
 
 test: setup system-packages
 	$(BIN)/python -m pytest -q

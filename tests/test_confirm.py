@@ -1,0 +1,90 @@
+"""`wconv confirm` for real: a searched cell's α against α = 1 (and the init-scale control) on fresh paired seeds,
+through the local launcher, killed and run again, and its statistics against scipy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from analysis.store import TERMINAL, Store
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = 3
+
+
+def _wconv(*args, cwd: Path, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(tmp_path):
+    spec = {
+        "name": "conf", "task": "classification", "dataset": {"name": "digits"},
+        "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
+        "search": {"num_samples": 2, "metric": "val_accuracy"}, "scheduler": {"type": "fifo"},
+        "training": {"epochs": 3, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": 12},
+        "resources": {"cpus_per_trial": 1}, "storage": f"sqlite:///{tmp_path / 'wconv.db'}",
+    }
+    path = tmp_path / "conf.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    search = _wconv("run", str(path), *runs, cwd=tmp_path)
+    assert search.returncode == 0, search.stderr[-3000:]
+    store = Store(spec["storage"])
+    unconfirmed = json.loads(_wconv("best", "--sweep", "conf", "--by", "model", "--format", "json", "--storage",
+                                    spec["storage"], cwd=tmp_path).stdout)
+    assert unconfirmed[0]["verdict"] == "unconfirmed"
+    chosen = unconfirmed[0]["best_alpha"]
+
+    args = ["confirm", str(path), "--seeds", str(SEEDS), "--control", "init-scale", *runs]
+    first = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path, start_new_session=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while time.time() < deadline and first.poll() is None:
+        confirm = store.trials(sweep="conf", stage="confirm")
+        if not confirm.empty and confirm["status"].isin(TERMINAL).sum() >= 2:
+            break
+        time.sleep(0.3)
+    assert first.poll() is None, "the confirmation ended before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    again = _wconv(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    confirm = store.trials(sweep="conf", stage="confirm")
+    assert len(confirm) == SEEDS * 3 and confirm["trial_id"].is_unique
+    assert (confirm["status"] == "completed").all(), confirm[["trial_id", "status", "reason"]].to_string()
+    search_seeds = set(store.trials(sweep="conf", stage="search")["seed"])
+    assert not search_seeds & set(confirm["seed"])  # fresh seeds, never the search's
+    assert confirm.groupby("seed")["arm"].apply(sorted).map(tuple).unique().tolist() == [
+        ("alpha", "baseline", "init-scale")]
+    alpha_arm = confirm[confirm["arm"] == "alpha"]
+    assert all(a == chosen for a in alpha_arm["alpha"])
+
+    by_arm = {arm: rows.set_index("seed")["metrics"].map(lambda m: m["test_accuracy"]).sort_index()
+              for arm, rows in confirm.groupby("arm")}
+    a, b = by_arm["alpha"].to_numpy(), by_arm["baseline"].to_numpy()
+    (row,) = json.loads(_wconv("best", "--sweep", "conf", "--by", "model", "--format", "json", "--storage",
+                               spec["storage"], cwd=tmp_path).stdout)
+    assert len(row["confirm_seeds"]) == SEEDS
+    assert row["confirm_difference"] == pytest.approx(float(np.mean(a - b)))
+    if np.ptp(a - b) > 0:
+        assert row["confirm_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    # Percentile bootstrap of three paired differences: its 95 % interval is exactly [min, max].
+    assert row["confirm_ci_low"] == pytest.approx(float(np.min(a - b)))
+    assert row["confirm_ci_high"] == pytest.approx(float(np.max(a - b)))
+    assert row["verdict"] in ("confirmed", "not confirmed", "worse")
+    shown = _wconv("best", "--sweep", "conf", "--by", "model", "--storage", spec["storage"], cwd=tmp_path).stdout
+    assert row["verdict"] in shown
