@@ -1,0 +1,101 @@
+"""What SLURM costs a sweep, on the local test cluster (slurm/testcluster.sh, slurm/local.yaml).
+
+1. The smoke sweep through `wconv submit` against `wconv run`: wall time ratio (target ≤ 1.15: SLURM adds
+   queueing, not idle slots) and the time from submission to the first trial's first epoch.
+2. Two workers on one cell against one (trials per hour; target ≥ 1.8× on 2 slots): each array task gets one
+   CPU, so one worker has one slot and two workers have two.
+
+Timed from outside, as a user would: `wconv` subprocesses, wall clocks, the store's timestamps. Needs root and
+the test cluster's packages (`make test` installs them); brings the cluster up if it is down.
+
+    python benchmarks/slurm.py                 # ~6 min on 2 free cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WCONV = [sys.executable, "-m", "launch.cli"]
+
+
+def _env() -> dict:
+    facts = subprocess.run([str(ROOT / "slurm" / "testcluster.sh"), "env"], capture_output=True, text=True).stdout
+    conf = next(line.split("=", 1)[1] for line in facts.splitlines() if line.startswith("export SLURM_CONF="))
+    return dict(os.environ, SLURM_CONF=conf.strip("'\""), PYTHONPATH=str(ROOT))
+
+
+def _first_epoch_at(db: str, sweep: str) -> float:
+    from analysis.store import NoResults, Store
+
+    while True:
+        try:
+            with Store(db, create=False) as store:
+                trials = store.trials(sweep=sweep)
+            if not trials.empty and (trials["epochs_run"].fillna(0) >= 1).any():
+                return time.time()
+        except NoResults:
+            pass  # the first task has not written yet
+        time.sleep(0.2)
+
+
+def _wait_done(env: dict, job: str) -> None:
+    while True:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "State", "-j", job], capture_output=True, text=True,
+                             env=env).stdout.split()
+        if out and all(s.split()[0] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in out):
+            return
+        time.sleep(0.5)
+
+
+def submit_and_wait(work: Path, sweep: str, env: dict, *sets: str) -> tuple[float, float]:
+    """Wall seconds from `wconv submit` to the array's end, and to the first epoch of the first trial."""
+    db = f"sqlite:///{work / (sweep + '.db')}"
+    start = time.time()
+    done = subprocess.run([*WCONV, "submit", str(ROOT / "sweeps" / "smoke.yaml"), "--cluster",
+                           str(ROOT / "slurm" / "local.yaml"), "--storage", db, "--runs-dir", str(work / "runs"),
+                           "--set", f"name={sweep}", *sets], capture_output=True, text=True, env=env, cwd=work)
+    if done.returncode:
+        sys.exit(done.stderr)
+    job = done.stdout.split("submitted array job ")[1].split(":")[0]
+    first = _first_epoch_at(db, sweep)
+    _wait_done(env, job)
+    return time.time() - start, first - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.parse_args()
+    subprocess.run([str(ROOT / "slurm" / "testcluster.sh"), "up"], check=True, capture_output=True)
+    env = _env()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    with tempfile.TemporaryDirectory(prefix="wconv-bench-slurm-") as tmp:
+        work = Path(tmp)
+        one_slot = ["--set", "resources.cpus_per_trial=1"]
+        start = time.time()
+        run = subprocess.run([*WCONV, "run", str(ROOT / "sweeps" / "smoke.yaml"), "--num-cpus", "1", "--storage",
+                              f"sqlite:///{work / 'local.db'}", "--runs-dir", str(work / "runs-local"),
+                              "--set", "name=bench-local", *one_slot], capture_output=True, text=True, env=env)
+        local = time.time() - start
+        if run.returncode:
+            sys.exit(run.stderr)
+        slurm, to_first = submit_and_wait(work, "bench-slurm", env, *one_slot)
+        two, _ = submit_and_wait(work, "bench-two", env, "--set", "workers=2", *one_slot)
+    print("\n| measure | value | target |\n|---|--:|--:|")
+    print(f"| `wconv run` (1 slot) wall s | {local:.1f} | |")
+    print(f"| `wconv submit` (1 task, 1 slot) wall s, submit → array done | {slurm:.1f} | |")
+    print(f"| submit ÷ run | {slurm / local:.3f} | ≤ 1.15 |")
+    print(f"| submit → first trial's first epoch, s | {to_first:.1f} | |")
+    print(f"| 2 workers (2 tasks × 1 slot) wall s | {two:.1f} | |")
+    print(f"| trials per hour, 2 workers ÷ 1 | {slurm / two:.2f}× | ≥ 1.8× |")
+
+
+if __name__ == "__main__":
+    main()
