@@ -1,7 +1,7 @@
 """The launcher interface that local runs and SLURM share (submitit's ``Executor`` is the model).
 
 A sweep becomes ``Task``s — one per (cell, worker) — each a picklable unit of work that runs from its
-arguments alone (``run_task``). A launcher ``submit``s tasks and returns handles; ``status`` and
+arguments alone (``launch.runner.run_task``). A launcher ``submit``s tasks and returns handles; ``status`` and
 ``cancel`` work on those handles. Everything before the last step (validation, ``prepare_sweep``,
 the task plan) is the same for every launcher.
 """
@@ -43,15 +43,6 @@ def plan_tasks(sweep: Sweep, runs_dir: Path | str, workers: Optional[int] = None
     """Every cell × worker of ``sweep``, cell-major (the array task order of a SLURM submission)."""
     n = workers or sweep.workers
     return [Task(sweep, cell, w, str(runs_dir)) for cell in sweep.cells() for w in range(n)]
-
-
-def run_task(task: Task, **options) -> bool:
-    """Run one task where this process is (a local run, a SLURM array task); True when its cell is finished.
-    ``options`` go to ``launch.runner.run_cell``."""
-    from launch.runner import run_cell
-
-    plan = None if task.plan is None else [dict(p) for p in task.plan]
-    return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, plan=plan, **options)
 
 
 class Handle(Protocol):

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, TextIO
 
 from analysis.store import TERMINAL, Store
 from launch.cell import cell_finished, prepare_sweep, trials_per_cell
-from launch.launcher import Task, plan_tasks, run_task
+from launch.launcher import Task, plan_tasks
 from launch.lease import LeaseKeeper
 from launch.spec import Sweep
 
@@ -38,6 +38,7 @@ class LocalLauncher:
         self.out, self.num_cpus, self.callbacks = out, num_cpus, callbacks
 
     def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[LocalHandle]:
+        from launch.runner import run_task  # Ray and torch: only when something runs here
         handles = [LocalHandle(f"local-{i}", t) for i, t in enumerate(tasks)]
         with LeaseKeeper(sweep.storage, sweep.name) as leases:
             for task in tasks:  # every lease before anything runs: a second run is refused at once

@@ -29,7 +29,7 @@ from ray.tune.schedulers import FIFOScheduler
 from analysis.store import TERMINAL, Store
 from launch.cell import (alpha_of, cell_dir, key_of, record_fields, trial_config, trial_key,
                          trials_per_cell)
-from launch.launcher import ResourceError
+from launch.launcher import ResourceError, Task
 from launch.lease import LeaseKeeper
 from launch.search import CellSearch, PlannedSearch, make_scheduler, outcome
 from launch.spec import Cell, Sweep
@@ -316,3 +316,10 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
         leases.release(cell.id)
         if own:
             leases.close()
+
+
+def run_task(task: Task, **options) -> bool:
+    """Run one task where this process is (a local run, a SLURM array task); True when its cell is finished.
+    ``options`` go to ``run_cell``."""
+    plan = None if task.plan is None else [dict(p) for p in task.plan]
+    return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, plan=plan, **options)

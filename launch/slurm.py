@@ -1,6 +1,6 @@
 """Submit a sweep to SLURM through submitit: one array job, one array task per (cell, worker).
 
-Each array task runs ``launch.launcher.run_task`` from its pickled ``Task`` alone: it starts a private
+Each array task runs ``launch.runner.run_task`` from its pickled ``Task`` alone: it starts a private
 Ray local cluster sized from its allocation (``launch.runner.start_ray``), takes its cell's lease and
 runs trials — one per GPU, or several per GPU when ``resources.gpus_per_trial`` is fractional. The
 workers of one cell share the cell's Optuna study and claim trials through the results store, so a
@@ -27,7 +27,7 @@ import submitit
 
 from analysis.store import Store
 from launch.cell import cell_finished, prepare_sweep, trials_per_cell
-from launch.launcher import ResourceError, SubmitError, Task, plan_tasks, run_task
+from launch.launcher import ResourceError, SubmitError, Task, plan_tasks
 from launch.profile import ClusterProfile
 from launch.spec import Sweep
 
@@ -43,6 +43,8 @@ class CellJob(submitit.helpers.Checkpointable):
         self.task = task
 
     def __call__(self) -> bool:
+        from launch.runner import run_task  # on the compute node: Ray and torch are imported there only
+
         return run_task(self.task, position=f"task {self.task.name}")
 
 

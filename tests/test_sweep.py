@@ -82,7 +82,7 @@ def test_sweep_runs_end_to_end_and_best_compares_against_baseline(tmp_path):
 
 
 def test_non_finite_trials_fail_with_reason_and_the_sweep_finishes(tmp_path):
-    path = _sweep(tmp_path, "nan", training={"epochs": 2, "batch_size": 64, "lr": float("inf"),
+    path = _sweep(tmp_path, "nan", training={"epochs": 2, "batch_size": 64, "lr": 1e30,  # finite, and explodes at once
                                              "max_steps_per_epoch": 3, "hflip": False},
                   search={"num_samples": 2})
     run = _wconv("run", str(path), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
