@@ -21,30 +21,34 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_plan(args) -> None:
-    from launch.cell import asha_rungs, epoch_budget, trials_per_cell
+    from launch.cell import asha_rungs, cell_epochs, epoch_budget, seconds_per_epoch, trials_per_cell
     from launch.spec import load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
     tc = sweep.training_config()
-    per_epoch = _seconds_per_epoch(sweep)
+    measured = _seconds_per_epoch(sweep)
     print(f"sweep {sweep.name!r} ({sweep.task}, dataset {sweep.dataset.name}): optimise {sweep.metric} ({sweep.mode}), "
           f"scheduler {sweep.scheduler.type}, {tc.epochs} epochs per trial")
-    print(f"{'cell':<28} {'α ranges':<34} {'trials':>6} {'epoch budget':>12} {'rough time':>12}")
-    total_time = 0.0
+    print(f"{'cell':<28} {'α ranges':<30} {'trials':>6} {'epochs (worst)':>14} {'expected':>9} {'rough time':>11}  "
+          "timing from")
+    total_time, sources = 0.0, set()
     for cell in sweep.cells():
-        budget = trials_per_cell(sweep) * tc.epochs
-        seconds = per_epoch.get(cell.model)
-        total_time += (seconds or 0) * budget
-        shown = _duration(seconds * budget) if seconds else "no timing yet"
-        print(f"{cell.id:<28} {str(list(cell.ranges)):<34} {trials_per_cell(sweep):>6} {budget:>12} {shown:>12}")
+        worst, expected = cell_epochs(sweep)
+        seconds, source = seconds_per_epoch(cell, measured)
+        total_time += (seconds or 0) * expected
+        shown = _duration(seconds * expected) if seconds else "-"
+        print(f"{cell.id:<28} {str(list(cell.ranges)):<30} {trials_per_cell(sweep):>6} {worst:>14} {expected:>9.0f} "
+              f"{shown:>11}  {source}")
     print(f"total: {len(sweep.cells())} cell(s), {len(sweep.cells()) * trials_per_cell(sweep)} trials, "
-          f"{epoch_budget(sweep)} epochs at most (ASHA stops most trials early)"
-          + (f", ≤ {_duration(total_time)} of trial time on one slot" if total_time else ""))
+          f"{epoch_budget(sweep)} epochs at most"
+          + (f"; about {_duration(total_time)} of trial time on one slot as ASHA is expected to stop trials"
+             if total_time else ""))
     if sweep.scheduler.type == "asha":
         print(f"ASHA compares trials at epochs {', '.join(map(str, asha_rungs(sweep)))} of {tc.epochs}; "
               "the trials it stops there count as stopped, never as the best")
-    if not per_epoch:
-        print("rough time comes from earlier trials of the same model in the results database; run a short sweep first")
+    if not measured:
+        print("rough time comes from earlier trials of the same model in the results database, else the paper's "
+              "A100 timings (Tables 4 and 6); run a short sweep for your machine's")
 
 
 def _seconds_per_epoch(sweep) -> dict[str, float]:
