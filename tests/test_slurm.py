@@ -87,7 +87,7 @@ def _check_cell(store: Store, sweep: str, samples: int) -> None:
 
 def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_again(slurm_cluster, tmp_path):
     samples = 4
-    path = _sweep(tmp_path, "shared", samples=samples, epochs=8, steps=30, scheduler={"type": "fifo"})
+    path = _sweep(tmp_path, "shared", samples=samples, epochs=6, steps=20, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     job = _submit(slurm_cluster, path, tmp_path, "--workers", "2")
     assert set(_sacct(slurm_cluster, job)) == {f"{job}_0", f"{job}_1"}  # one array job, one task per worker
@@ -119,7 +119,7 @@ def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_a
 
 
 def test_a_task_requeued_while_running_resumes_with_nothing_lost(slurm_cluster, tmp_path):
-    samples = 3
+    samples = 2
     path = _sweep(tmp_path, "requeue", samples=samples, epochs=4, steps=10, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     job = _submit(slurm_cluster, path, tmp_path)

@@ -46,7 +46,9 @@ def _known(name: str) -> str:
 def options(name: str) -> dict[str, inspect.Parameter]:
     """The keywords of ``load`` that ``name`` uses (it ignores the others), with their annotations and defaults:
     what a caller may choose besides ``root`` and ``device``."""
-    used = inspect.signature(_LOADERS[_known(name)]).parameters
+    used = set(inspect.signature(_LOADERS[_known(name)]).parameters)
+    if name in ("cifar100", "div2k"):
+        used.add("verify")  # ``check`` compares official checksums / file counts for the staged datasets
     public = inspect.signature(load, eval_str=True).parameters
     return {n: p for n, p in public.items() if n in used and n not in ("root", "device")}
 
