@@ -20,12 +20,12 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sweep(tmp_path: Path, name: str, *, seeds=(0,), samples=4, epochs=3, steps=6) -> Path:
+def _sweep(tmp_path: Path, name: str, *, seeds=(0,), samples=4, epochs=3, steps=6, scheduler=None) -> Path:
     spec = {
         "name": name, "task": "classification", "dataset": {"name": "digits"},
         "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
         "search": {"num_samples": samples, "metric": "val_accuracy", "seed": 0},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "training": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": steps},
         "seeds": list(seeds), "resources": {"cpus_per_trial": 1},
         "storage": f"sqlite:///{tmp_path / 'wconv.db'}",
@@ -75,7 +75,8 @@ def _count(store: Store, sweep: str, statuses=TERMINAL) -> int:
 
 def test_a_sweep_killed_before_any_trial_finished_resumes_without_losing_one(tmp_path):
     """The reproduction of issue 7: SIGKILL while the baseline and the first sampled trial run."""
-    path = _sweep(tmp_path, "early", samples=3, epochs=3, steps=12)
+    # FIFO: ASHA could stop a trial at its first rung, before the kill; 5 epochs of margin after the first
+    path = _sweep(tmp_path, "early", samples=3, epochs=6, steps=12, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     proc = _start(path, tmp_path)
     deadline = time.time() + 240
