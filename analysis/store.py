@@ -47,9 +47,7 @@ from sqlalchemy import (
     delete,
     event,
     inspect,
-    or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url

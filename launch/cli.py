@@ -31,7 +31,7 @@ def _cmd_plan(args) -> None:
           f"scheduler {sweep.scheduler.type}, {tc.epochs} epochs per trial")
     print(f"{'cell':<28} {'α ranges':<30} {'trials':>6} {'epochs (worst)':>14} {'expected':>9} {'rough time':>11}  "
           "timing from")
-    total_time, sources = 0.0, set()
+    total_time = 0.0
     for cell in sweep.cells():
         worst, expected = cell_epochs(sweep)
         seconds, source = seconds_per_epoch(cell, measured)

@@ -18,7 +18,6 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
@@ -33,7 +32,7 @@ from launch.launcher import ResourceError, Task
 from launch.lease import LeaseKeeper
 from launch.search import CellSearch, PlannedSearch, make_scheduler, outcome
 from launch.spec import Cell, Sweep
-from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, METRIC_SETTINGS, REASON, REPLAY, STATUS,
+from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, METRIC_SETTINGS, REASON, REPLAY,
                          WALL_TIME_S)
 
 OBJECT_STORE_BYTES = 200 * 1024**2  # trials exchange metrics, not tensors

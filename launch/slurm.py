@@ -15,7 +15,6 @@ continues its unfinished trials from their last per-epoch checkpoints; finished 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Optional, Sequence, TextIO
 import submitit
 
 from analysis.store import Store
-from launch.cell import cell_finished, prepare_sweep, trials_per_cell
+from launch.cell import cell_finished, prepare_sweep
 from launch.launcher import ResourceError, SubmitError, Task, plan_tasks
 from launch.profile import ClusterProfile
 from launch.spec import Sweep
