@@ -449,14 +449,6 @@ class Store:
         except DBAPIError as exc:
             raise StoreError(f"cannot write to results store {self._masked!r}: {_first_line(exc)}") from exc
 
-    def delete_trials(self, sweep: str, trial_ids: Iterable[str]) -> None:
-        """Remove trials and their epochs (a confirmation arm that is re-planned, a test's clean-up)."""
-        self._require_write()
-        ids = list(trial_ids)
-        with self._write() as conn:
-            conn.execute(delete(epochs_table).where(epochs_table.c.sweep == sweep, epochs_table.c.trial_id.in_(ids)))
-            conn.execute(delete(trials_table).where(trials_table.c.sweep == sweep, trials_table.c.trial_id.in_(ids)))
-
     # -- cells: one transaction for "what is there, and what do I take" -------------------------
 
     @contextmanager
@@ -676,9 +668,6 @@ class LockedSweep:
         self.conn.execute(update(trials_table).where(c.sweep == self.sweep, c.cell == cell, c.owner == old,
                                                      c.status.not_in(TERMINAL)).values(owner=new))
 
-    def drop_lease(self, cell: str, owner: str) -> None:
-        c = leases_table.c
-        self.conn.execute(delete(leases_table).where(c.sweep == self.sweep, c.cell == cell, c.owner == owner))
 
 
 def _null(column: Column):

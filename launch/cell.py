@@ -20,7 +20,6 @@ from typing import Any
 from launch.spec import Cell, Sweep
 
 BASELINE_ALPHA = 1.0
-STAGES = ("search", "confirm")
 
 # Fields that do not change what a sweep computes: where things live, and how fast it runs.
 _NOT_IDENTITY = {("name",), ("storage",), ("resources",), ("workers",), ("search", "max_concurrent"),
