@@ -8,7 +8,12 @@
 Timed from outside, as a user would: `wconv` subprocesses, wall clocks, the store's timestamps. Needs root and
 the test cluster's packages (`make test` installs them); brings the cluster up if it is down.
 
-    python benchmarks/slurm.py                 # ~6 min on 2 free cores
+    python benchmarks/slurm.py                          # the smoke sweep as shipped: ~3 min on 2 free cores
+    python benchmarks/slurm.py --epochs 40 --fifo       # longer trials, every one to its full budget: ~10 min
+
+The smoke sweep's trials last ~5 s, against ~40 s of start-up per array task; ``--epochs`` lengthens every trial
+(and ``--fifo`` runs each to the end, no ASHA and no patience, so that one and two workers do the same work) to see what SLURM costs
+once trials last longer than the task's start-up, as they do in a real sweep.
 """
 
 from __future__ import annotations
@@ -72,13 +77,20 @@ def submit_and_wait(work: Path, sweep: str, env: dict, *sets: str) -> tuple[floa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.parse_args()
+    p.add_argument("--epochs", type=int, help="training.epochs of every trial (smoke.yaml: 8)")
+    p.add_argument("--fifo", action="store_true", help="no early stopping: every trial runs all its epochs")
+    args = p.parse_args()
     subprocess.run([str(ROOT / "slurm" / "testcluster.sh"), "up"], check=True, capture_output=True)
     env = _env()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="wconv-bench-slurm-") as tmp:
         work = Path(tmp)
         one_slot = ["--set", "resources.cpus_per_trial=1"]
+        if args.epochs:
+            one_slot += ["--set", f"training.epochs={args.epochs}"]
+        if args.fifo:
+            one_slot += ["--set", "scheduler.type=fifo", "--set", "training.patience=null"]
+        print(f"smoke sweep with {' '.join(one_slot[1::2])}")
         start = time.time()
         run = subprocess.run([*WCONV, "run", str(ROOT / "sweeps" / "smoke.yaml"), "--num-cpus", "1", "--storage",
                               f"sqlite:///{work / 'local.db'}", "--runs-dir", str(work / "runs-local"),

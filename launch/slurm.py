@@ -64,16 +64,37 @@ def require_slurm() -> None:
 
 
 def job_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """SLURM state of each job or array task (``<job>_<task>``), from ``sacct``."""
+    """SLURM state of each job or array task (``<job>_<task>``): ``sacct``'s, else ``squeue``'s.
+
+    Right after submission sacct may list a pending array only under its job id (or as ``<job>_[0-1]``), and not
+    every task yet: a task sacct does not name takes squeue's state, then its array's."""
     if not job_ids:
         return {}
     jobs = sorted({str(j).split("_")[0] for j in job_ids})
-    proc = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(jobs)],
-                          capture_output=True, text=True, timeout=60)
+    states = _states("sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(jobs))
+    missing = [j for j in job_ids if j not in states]
+    if missing:
+        live = _states("squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(jobs))
+        for job_id in missing:
+            array = str(job_id).split("_")[0]
+            state = live.get(job_id) or states.get(array) or live.get(array)
+            if state is None:
+                state = next((s for k, s in states.items() if k.startswith(f"{array}_[")), None)
+            if state is not None:
+                states[job_id] = state
+    return states
+
+
+def _states(*command: str) -> dict[str, str]:
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
     states = {}
     for line in proc.stdout.splitlines():
         job_id, _, state = line.partition("|")
-        states[job_id.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+        if job_id.strip():
+            states[job_id.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
     return states
 
 

@@ -75,16 +75,18 @@ def _count(store: Store, sweep: str, statuses=TERMINAL) -> int:
 
 def test_a_sweep_killed_before_any_trial_finished_resumes_without_losing_one(tmp_path):
     """The reproduction of issue 7: SIGKILL while the baseline and the first sampled trial run."""
-    # FIFO: ASHA could stop a trial at its first rung, before the kill; 5 epochs of margin after the first
+    # FIFO: ASHA could stop a trial at its first rung, before the kill. The kill comes once the baseline and a
+    # sampled trial are claimed (running in the store) and one of them has a checkpoint: 5 epochs of margin.
     path = _sweep(tmp_path, "early", samples=3, epochs=6, steps=12, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     proc = _start(path, tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         trials = store.trials(sweep="early")
-        if not trials.empty and (trials["epochs_run"].fillna(0) >= 1).sum() >= 2:
+        if (not trials.empty and trials["baseline"].astype(bool).any() and (~trials["baseline"].astype(bool)).any()
+                and (trials["epochs_run"].fillna(0) >= 1).any()):
             break
-        time.sleep(0.3)
+        time.sleep(0.1)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     assert _count(store, "early") == 0, "a trial finished before the kill; make trials longer"
     _kill(proc)

@@ -16,7 +16,8 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 from analysis.store import TERMINAL, Store
 
-pytestmark = pytest.mark.integration
+# One xdist worker runs every test on the one test cluster (its 2 CPUs fit one test's jobs at a time).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,7 +91,8 @@ def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_a
     path = _sweep(tmp_path, "shared", samples=samples, epochs=6, steps=20, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     job = _submit(slurm_cluster, path, tmp_path, "--workers", "2")
-    assert set(_sacct(slurm_cluster, job)) == {f"{job}_0", f"{job}_1"}  # one array job, one task per worker
+    # one array job, one task per worker (sacct names the tasks once they leave the queue)
+    _wait("both array tasks in sacct", lambda: set(_sacct(slurm_cluster, job)) == {f"{job}_0", f"{job}_1"}, timeout=120)
     _wait("trials of both workers past their first epoch",
           lambda: (t := store.trials(sweep="shared")).shape[0] and t[t["epochs_run"].fillna(0) >= 1]["owner"].nunique() == 2)
     _scontrol(slurm_cluster, "suspend", job)  # frozen mid-trial, so that the cancel surely finds it running
@@ -118,19 +120,47 @@ def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_a
     assert told >= set(store.trials(sweep="shared", status="completed")["trial_id"]) - {"tiny_cnn-k3-s0/alpha=1.0"}
 
 
-def test_a_task_requeued_while_running_resumes_with_nothing_lost(slurm_cluster, tmp_path):
-    samples = 2
-    path = _sweep(tmp_path, "requeue", samples=samples, epochs=4, steps=10, scheduler={"type": "fifo"})
+def _short_profile(cluster, tmp_path: Path) -> Path:
+    """The test cluster's profile with a 2-minute time limit: USR2 comes ``signal_delay_s`` = 30 s before it
+    (slurmctld checks every 30 s, so 90-120 s into each run), and enough requeues to finish."""
+    profile = yaml.safe_load(Path(cluster.profile).read_text())
+    profile.update(timeout_min=2, signal_delay_s=30, max_num_timeout=8)
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def _restarts(cluster, job: str) -> list[str]:
+    """Each run of ``job`` as sacct recorded it (``-D``: the runs a requeue ended too)."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", job], capture_output=True,
+                         text=True, env=dict(os.environ, **cluster.env)).stdout
+    return [line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line]
+
+
+def test_a_task_killed_outright_then_at_its_time_limit_resumes_each_time_with_nothing_lost(slurm_cluster, tmp_path):
+    """``scontrol requeue`` (SIGTERM, SIGKILL: no checkpoint), then the task's own time limit (USR2 → submitit
+    calls ``CellJob.checkpoint`` → requeue): the same array task comes back each time, continues its unfinished
+    trial from its last epoch and finishes the cell with nothing lost or run twice."""
+    # ~150 s of training on one CPU (two trials of 50 full epochs): more than one 2-minute run can do.
+    samples = 1
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=50, steps=45, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
-    job = _submit(slurm_cluster, path, tmp_path)
-    _wait("a trial past its first epoch", lambda: (t := store.trials(sweep="requeue")).shape[0]
+    done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(_short_profile(slurm_cluster, tmp_path)),
+                  "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = done.stdout.split("submitted array job ")[1].split(":")[0]
+    _wait("a trial past its first epoch", lambda: (t := store.trials(sweep="limit")).shape[0]
           and (t["epochs_run"].fillna(0) >= 1).any())
-    before = store.trials(sweep="requeue")
+    before = store.trials(sweep="limit")
     _scontrol(slurm_cluster, "requeue", job)
-    _wait("the requeued job", lambda: _finished(slurm_cluster, job), timeout=600)
+    _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=900, every=3)
     assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}
-    _check_cell(store, "requeue", samples)
-    after = store.trials(sweep="requeue").set_index("trial_id")
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "limit" / "slurm").rglob("*_log.*"))
+    assert "this job is timed-out" in logs, logs[-3000:]  # USR2 at the time limit, not only the requeue above
+    assert "Calling checkpoint method" in logs  # CellJob.checkpoint, then submitit's own requeue
+    assert len(_restarts(slurm_cluster, job)) >= 3  # the requeue, at least one time limit, the run that finished
+    _check_cell(store, "limit", samples)
+    after = store.trials(sweep="limit").set_index("trial_id")
     for _, row in before[before["status"].isin(TERMINAL)].iterrows():
         assert after.loc[row["trial_id"], "metrics"] == row["metrics"]
 
