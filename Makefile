@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/wconv report smoke_denoise
 
 test: setup system-packages
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/operator_overhead.py

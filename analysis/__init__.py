@@ -5,11 +5,19 @@
     best_alpha(frames, by="model")                                # best α per model across seeds, with its verdict
 
 ``analysis.stats`` holds the paired statistics, ``analysis.report.write_report`` renders ``wconv report``.
+Names are imported on first use: a process that only writes to the store (every trial) never imports scipy.
 """
 
-from analysis.frames import Frames, ResultsError, load
-from analysis.query import best_alpha, confirmation, format_table
-from analysis.store import DEFAULT_URL, Store, StoreError
+from importlib import import_module
 
-__all__ = ["DEFAULT_URL", "Frames", "ResultsError", "Store", "StoreError", "best_alpha", "confirmation",
-           "format_table", "load"]
+_HOMES = {"Frames": "frames", "ResultsError": "frames", "load": "frames", "best_alpha": "query",
+          "confirmation": "query", "format_table": "query", "DEFAULT_URL": "store", "Store": "store",
+          "StoreError": "store"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    return getattr(import_module(f"analysis.{_HOMES[name]}"), name)

@@ -19,9 +19,6 @@ from sweep_db import CLASSIFICATION, DENOISING, smoke_db, with_confirmation  # n
 
 from launch.cli import main
 
-# One xdist worker builds the smoke sweeps' database (about a minute) and runs every test that reads it.
-pytestmark = pytest.mark.xdist_group("smoke_db")
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROBE = """<script>
 window.addEventListener("load", () => {

@@ -96,6 +96,17 @@ def test_digits_loads_offline_as_normalised_images_and_int64_labels(digits):
     assert set(y.tolist()) == set(range(10))
 
 
+def test_digits_are_exactly_what_scikit_learns_load_digits_returns():
+    from sklearn.datasets import load_digits
+
+    from wconv.data.digits import _bundled_file, _raw
+
+    assert _bundled_file() is not None  # read directly, without importing scikit-learn
+    images, labels = _raw()
+    bunch = load_digits()
+    assert np.array_equal(images[:, 0], bunch.images) and np.array_equal(labels, bunch.target)
+
+
 def test_digits_splits_are_disjoint_and_fixed_across_loads(digits):
     index = {name: set(getattr(digits, name).index.tolist()) for name in ("train", "val", "test")}
     assert not (index["train"] & index["val"] or index["train"] & index["test"] or index["val"] & index["test"])

@@ -20,9 +20,6 @@ from analysis.store import Store
 from launch.cli import main
 from wconv.metrics import METRIC_MODES
 
-# One xdist worker builds the smoke sweeps' database (about a minute) and runs every test that reads it.
-pytestmark = pytest.mark.xdist_group("smoke_db")
-
 
 def _report(db: Path, sweep: str, out: Path, capsys) -> tuple[int, str, str]:
     rc = main(["report", sweep, "--storage", f"sqlite:///{db}", "--out", str(out)])

@@ -16,8 +16,7 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 from analysis.store import TERMINAL, Store
 
-# One xdist worker runs every test on the one test cluster (its 2 CPUs fit one test's jobs at a time).
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 

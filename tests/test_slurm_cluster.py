@@ -17,8 +17,7 @@ from slurm_cluster import slurm_cluster  # noqa: F401 (fixture)
 
 from launch.profile import load_profile
 
-# One xdist worker runs every test on the one test cluster (its 2 CPUs fit one test's jobs at a time).
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.integration
 
 # Jobs unpickle what this module defines without importing it (tests/ is not on their path).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
