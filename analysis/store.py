@@ -288,12 +288,24 @@ class Store:
         if self.create:
             if self.engine.dialect.name == "sqlite":
                 # On the driver's connection: SQLAlchemy would wrap it in a transaction, where SQLite refuses it.
-                self._retry_locked(lambda conn: conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL"))
-            self._create_tables()
+                self._retry_locked(_set_wal)
+            if self._schema_behind(tables, version):
+                self._create_tables()
         with self.engine.connect() as conn:
             insp = inspect(conn)
             self._columns = {name: {c["name"] for c in insp.get_columns(name)}
                              for name in insp.get_table_names() if name in metadata.tables}
+
+    def _schema_behind(self, tables: set[str], version: int) -> bool:
+        """Whether opening must write (new tables, columns or version). An up-to-date store is opened without
+        taking the write lock, so that a writer stopped mid-transaction (a suspended SLURM job, a frozen node)
+        cannot block ``wconv cancel`` or ``status`` before they act on it."""
+        if set(metadata.tables) - tables or version < SCHEMA_VERSION:
+            return True
+        with self.engine.connect() as conn:
+            insp = inspect(conn)
+            return any({c.name for c in table.columns} - {c["name"] for c in insp.get_columns(table.name)}
+                       for table in metadata.sorted_tables)
 
     def _retry_locked(self, action):
         """Run ``action(conn)``; switching a SQLite file to WAL takes an exclusive lock that does not wait on
@@ -674,6 +686,13 @@ def _null(column: Column):
     from sqlalchemy import cast, null
 
     return cast(null(), column.type).label(column.name)
+
+
+def _set_wal(conn) -> None:
+    """WAL, unless the file is already in it (asking takes no lock; switching takes an exclusive one)."""
+    dbapi = conn.connection.dbapi_connection
+    if dbapi.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        dbapi.execute("PRAGMA journal_mode=WAL")
 
 
 def _add_missing_columns(conn) -> None:

@@ -326,7 +326,7 @@ def cancel_sweep(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
     """Cancel the sweep's array jobs and mark what was running as interrupted: a later ``submit`` resumes it."""
     jobs = recorded_jobs(store, sweep)
     ids = [j["job_id"] for j in jobs if j["state"] != "cancelled"]
-    if ids:
+    if ids:  # before any write: a task stopped mid-transaction holds SQLite's lock until SLURM ends it
         require_slurm()
         subprocess.run(["scancel", *ids], check=False, capture_output=True, timeout=60)
     owners = {f"slurm:{t['task']}" for j in jobs for t in (j["tasks"] or [])}

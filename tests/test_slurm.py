@@ -20,6 +20,24 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request):
+    """A failed test's jobs would hold the cluster's CPUs and starve the next tests: cancel what a test left."""
+    def queued() -> set[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout
+        return set(out.split())
+
+    if "slurm_cluster" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("slurm_cluster")  # up, and SLURM_CONF set, before the first look
+    before = queued()
+    yield
+    left = queued() - before
+    if left:
+        subprocess.run(["scancel", *sorted(left)], capture_output=True)
+
+
 def _sweep(tmp_path: Path, name: str, *, samples=3, epochs=2, steps=5, scheduler=None) -> Path:
     spec = {
         "name": name, "task": "classification", "dataset": {"name": "digits"},

@@ -42,6 +42,34 @@ def test_sqlite_store_creates_its_directory_and_runs_in_wal_mode(tmp_path):
     assert path.is_file()
 
 
+def test_an_up_to_date_sqlite_store_opens_and_reads_while_another_process_holds_its_write_lock(tmp_path,
+                                                                                             monkeypatch):
+    """A SLURM task suspended mid-transaction keeps SQLite's write lock: `wconv status` and `cancel` must still
+    open the store (without writing) and read it, and `cancel` writes only once SLURM has ended the holder."""
+    import sqlite3
+
+    import analysis.store as store_module
+
+    path = tmp_path / "wconv.db"
+    with Store(f"sqlite:///{path}") as store:
+        store.record_trial("s", "t1", **CELL, alpha=[0.8], status="running")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held as by a stopped writer
+    holder.execute("UPDATE trials SET epochs_run = 1")
+    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_MS", 200)  # a write would fail at once, not wait a minute
+    try:
+        with Store(f"sqlite:///{path}") as store:
+            assert list(store.trials(sweep="s")["trial_id"]) == ["t1"]
+            with pytest.raises(Exception, match="locked"):
+                store.record_trial("s", "t2", **CELL, alpha=[0.9], status="running")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with Store(f"sqlite:///{path}") as store:
+        store.record_trial("s", "t2", **CELL, alpha=[0.9], status="running")
+        assert sorted(store.trials(sweep="s")["trial_id"]) == ["t1", "t2"]
+
+
 def test_recording_a_trial_twice_keeps_one_row_with_the_new_values(store):
     store.record_trial("s", "t1", **CELL, alpha=[0.8], status="running", epochs_run=1)
     store.record_trial("s", "t1", **CELL, alpha=[0.7], status="completed", epochs_run=5, metrics={"val_loss": 0.3})
