@@ -20,7 +20,7 @@ from analysis.store import TERMINAL, Store
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = 2
+SEEDS = 3
 
 
 def _wconv(*args, cwd: Path, timeout=600) -> subprocess.CompletedProcess:
@@ -82,7 +82,7 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     assert row["confirm_difference"] == pytest.approx(float(np.mean(a - b)))
     if np.ptp(a - b) > 0:
         assert row["confirm_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
-    # Percentile bootstrap of two paired differences: its 95 % interval is exactly [min, max].
+    # Percentile bootstrap of three paired differences: its 95 % interval is exactly [min, max].
     assert row["confirm_ci_low"] == pytest.approx(float(np.min(a - b)))
     assert row["confirm_ci_high"] == pytest.approx(float(np.max(a - b)))
     assert row["verdict"] in ("confirmed", "not confirmed", "worse")
