@@ -285,27 +285,25 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(f"results store {self._masked!r} was written by a newer wconv (schema {version}, this "
                              f"wconv reads ≤ {SCHEMA_VERSION}); upgrade wconv to read it")
+        self._columns = self._read_columns()
         if self.create:
             if self.engine.dialect.name == "sqlite":
                 # On the driver's connection: SQLAlchemy would wrap it in a transaction, where SQLite refuses it.
                 self._retry_locked(_set_wal)
-            if self._schema_behind(tables, version):
+            # An up-to-date store opens without taking the write lock, so that a writer stopped mid-transaction
+            # (a suspended SLURM job, a frozen node) cannot block `wconv cancel` or `status` before they act.
+            behind = version < SCHEMA_VERSION or any(
+                {c.name for c in table.columns} - self._columns.get(name, set())
+                for name, table in metadata.tables.items())
+            if behind:
                 self._create_tables()
-        with self.engine.connect() as conn:
-            insp = inspect(conn)
-            self._columns = {name: {c["name"] for c in insp.get_columns(name)}
-                             for name in insp.get_table_names() if name in metadata.tables}
+                self._columns = self._read_columns()
 
-    def _schema_behind(self, tables: set[str], version: int) -> bool:
-        """Whether opening must write (new tables, columns or version). An up-to-date store is opened without
-        taking the write lock, so that a writer stopped mid-transaction (a suspended SLURM job, a frozen node)
-        cannot block ``wconv cancel`` or ``status`` before they act on it."""
-        if set(metadata.tables) - tables or version < SCHEMA_VERSION:
-            return True
+    def _read_columns(self) -> dict[str, set[str]]:
         with self.engine.connect() as conn:
             insp = inspect(conn)
-            return any({c.name for c in table.columns} - {c["name"] for c in insp.get_columns(table.name)}
-                       for table in metadata.sorted_tables)
+            return {name: {c["name"] for c in insp.get_columns(name)}
+                    for name in insp.get_table_names() if name in metadata.tables}
 
     def _retry_locked(self, action):
         """Run ``action(conn)``; switching a SQLite file to WAL takes an exclusive lock that does not wait on

@@ -66,8 +66,8 @@ def require_slurm() -> None:
 def job_states(job_ids: Sequence[str]) -> dict[str, str]:
     """SLURM state of each job or array task (``<job>_<task>``): ``sacct``'s, else ``squeue``'s.
 
-    Right after submission sacct may list a pending array only under its job id (or as ``<job>_[0-1]``), and not
-    every task yet: a task sacct does not name takes squeue's state, then its array's."""
+    Right after submission sacct may list a pending array only under its job id, not yet by task: a task sacct
+    does not name takes squeue's state (``-r``: one line per task), else its array's."""
     if not job_ids:
         return {}
     jobs = sorted({str(j).split("_")[0] for j in job_ids})
@@ -78,8 +78,6 @@ def job_states(job_ids: Sequence[str]) -> dict[str, str]:
         for job_id in missing:
             array = str(job_id).split("_")[0]
             state = live.get(job_id) or states.get(array) or live.get(array)
-            if state is None:
-                state = next((s for k, s in states.items() if k.startswith(f"{array}_[")), None)
             if state is not None:
                 states[job_id] = state
     return states

@@ -158,9 +158,13 @@ def test_a_task_killed_outright_then_at_its_time_limit_resumes_each_time_with_no
     """``scontrol requeue`` (SIGTERM, SIGKILL: no checkpoint), then the task's own time limit (USR2 → submitit
     calls ``CellJob.checkpoint`` → requeue): the same array task comes back each time, continues its unfinished
     trial from its last epoch and finishes the cell with nothing lost or run twice."""
-    # ~150 s of training on one CPU (two trials of 50 full epochs): more than one 2-minute run can do.
+    # 150-300 s of training on one CPU (two trials of 150 full epochs, no early stopping): more than a 2-minute run
+    # can do even on a fast machine (50-epoch trials, one early-stopped, once finished inside one run).
     samples = 1
-    path = _sweep(tmp_path, "limit", samples=samples, epochs=50, steps=45, scheduler={"type": "fifo"})
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=150, steps=45, scheduler={"type": "fifo"})
+    spec = yaml.safe_load(path.read_text())
+    spec["training"]["patience"] = None
+    path.write_text(yaml.safe_dump(spec))
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(_short_profile(slurm_cluster, tmp_path)),
                   "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
