@@ -73,23 +73,33 @@ def _count(store: Store, sweep: str, statuses=TERMINAL) -> int:
     return 0 if trials.empty else int(trials["status"].isin(statuses).sum())
 
 
-def test_a_sweep_killed_before_any_trial_finished_resumes_without_losing_one(tmp_path):
-    """The reproduction of issue 7: SIGKILL while the baseline and the first sampled trial run."""
+def test_a_second_run_is_refused_and_a_sweep_killed_before_any_trial_finished_resumes_without_losing_one(tmp_path):
+    """The reproduction of issue 7: SIGKILL while the baseline and the first sampled trial run. Before it, a second
+    `wconv run` of the running sweep is refused in one line naming the first run's pid."""
     # FIFO: ASHA could stop a trial at its first rung, before the kill. The kill comes once the baseline and a
     # sampled trial are claimed (running in the store) and one of them has a checkpoint: 5 epochs of margin.
     path = _sweep(tmp_path, "early", samples=3, epochs=6, steps=12, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     proc = _start(path, tmp_path)
     deadline = time.time() + 240
+    while time.time() < deadline and store.leases(sweep="early").empty:
+        time.sleep(0.2)
+    second = _start(path, tmp_path)
     while time.time() < deadline and proc.poll() is None:
         trials = store.trials(sweep="early")
         if (not trials.empty and trials["baseline"].astype(bool).any() and (~trials["baseline"].astype(bool)).any()
-                and (trials["epochs_run"].fillna(0) >= 1).any()):
+                and (trials["epochs_run"].fillna(0) >= 1).any() and second.poll() is not None):
             break
         time.sleep(0.1)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     assert _count(store, "early") == 0, "a trial finished before the kill; make trials longer"
     _kill(proc)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"pid {proc.pid}" in lines[0] and "is being run by" in lines[0]
+
     again = _start(path, tmp_path)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
@@ -119,24 +129,6 @@ def test_repeated_random_kills_of_a_multi_cell_sweep_lose_and_duplicate_nothing(
     print(f"{kills} SIGKILLs; terminal trials after: {_count(store, 'kills')}")
     assert kills >= 5, "the sweep finished too soon to be killed often; make its trials longer"
     _check_cells(store, "kills", cells=len(seeds), samples=samples)
-
-
-def test_a_second_run_of_a_sweep_is_refused_while_the_first_runs(tmp_path):
-    path = _sweep(tmp_path, "twice", samples=3, epochs=3, steps=10)
-    store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
-    first = _start(path, tmp_path)
-    deadline = time.time() + 240
-    while time.time() < deadline and store.leases(sweep="twice").empty:
-        time.sleep(0.3)
-    second = _start(path, tmp_path)
-    out, err = second.communicate(timeout=120)
-    assert second.returncode == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err
-    assert f"pid {first.pid}" in lines[0] and "is being run by" in lines[0]
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err[-3000:]
-    _check_cells(store, "twice", cells=1, samples=3)
 
 
 def test_a_hung_runner_is_taken_over_after_its_heartbeat_falls_silent(tmp_path):

@@ -81,8 +81,8 @@ def _wait(what, predicate, timeout=400, every=1.0):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _scontrol(cluster, action: str, job: str) -> None:
-    done = subprocess.run(["scontrol", action, job], capture_output=True, text=True, env=dict(os.environ, **cluster.env))
+def _scontrol(cluster, action: str, *args: str) -> None:
+    done = subprocess.run(["scontrol", action, *args], capture_output=True, text=True, env=dict(os.environ, **cluster.env))
     assert done.returncode == 0, done.stderr
 
 
@@ -137,12 +137,13 @@ def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_a
     assert told >= set(store.trials(sweep="shared", status="completed")["trial_id"]) - {"tiny_cnn-k3-s0/alpha=1.0"}
 
 
-def _short_profile(cluster, tmp_path: Path) -> Path:
-    """The test cluster's profile with a 2-minute time limit: USR2 comes ``signal_delay_s`` = 30 s before it
-    (slurmctld checks every 30 s, so 90-120 s into each run), and enough requeues to finish."""
+def _one_minute_profile(cluster, tmp_path: Path) -> Path:
+    """The test cluster's profile with a 1-minute time limit and ``signal_delay_s`` 20: slurmctld checks limits
+    every 30 s and signals up to one check early, so USR2 comes 10-40 s into a run (after submitit has set its
+    handlers, about 1 s in) and before SLURM's own kill at 60 s."""
     profile = yaml.safe_load(Path(cluster.profile).read_text())
-    profile.update(timeout_min=2, signal_delay_s=30, max_num_timeout=8)
-    path = tmp_path / "short.yaml"
+    profile.update(timeout_min=1, signal_delay_s=20, max_num_timeout=8)
+    path = tmp_path / "one_minute.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
 
@@ -154,32 +155,43 @@ def _restarts(cluster, job: str) -> list[str]:
     return [line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line]
 
 
-def test_a_task_killed_outright_then_at_its_time_limit_resumes_each_time_with_nothing_lost(slurm_cluster, tmp_path):
-    """``scontrol requeue`` (SIGTERM, SIGKILL: no checkpoint), then the task's own time limit (USR2 → submitit
-    calls ``CellJob.checkpoint`` → requeue): the same array task comes back each time, continues its unfinished
-    trial from its last epoch and finishes the cell with nothing lost or run twice."""
-    # 150-300 s of training on one CPU (two trials of 150 full epochs, no early stopping): more than a 2-minute run
-    # can do even on a fast machine (50-epoch trials, one early-stopped, once finished inside one run).
+def _epochs_recorded(store: Store, sweep: str) -> int:
+    trials = store.trials(sweep=sweep)
+    return 0 if trials.empty else sum(len(store.epochs(sweep, t)) for t in trials["trial_id"])
+
+
+def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_nothing_lost(slurm_cluster, tmp_path):
+    """The task's own time limit (USR2 → submitit calls ``CellJob.checkpoint`` → requeue), then ``scontrol
+    requeue`` (SIGTERM, SIGKILL: no checkpoint): the same array task comes back each time, continues its
+    unfinished trial from its last epoch and finishes the cell with nothing lost or run twice.
+
+    The first run gets a 1-minute limit, so its USR2 comes whatever the machine's speed; once it has, the test
+    lifts the limit (``scontrol update``), so that the later runs are ended by the requeue and by the cell's end."""
     samples = 1
-    path = _sweep(tmp_path, "limit", samples=samples, epochs=150, steps=45, scheduler={"type": "fifo"})
-    spec = yaml.safe_load(path.read_text())
-    spec["training"]["patience"] = None
-    path.write_text(yaml.safe_dump(spec))
+    # ~50 s of training on one CPU here: more than the first run can do before its USR2 (at most 40 s in, less
+    # its ~25 s start-up) on a machine twice as fast.
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=12, steps=80, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
-    done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(_short_profile(slurm_cluster, tmp_path)),
+    done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(_one_minute_profile(slurm_cluster, tmp_path)),
                   "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     job = done.stdout.split("submitted array job ")[1].split(":")[0]
-    _wait("a trial past its first epoch", lambda: (t := store.trials(sweep="limit")).shape[0]
-          and (t["epochs_run"].fillna(0) >= 1).any())
+
+    def logs() -> str:
+        return "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "limit" / "slurm").rglob("*_log.*"))
+
+    _wait("USR2 at the time limit and the checkpoint", lambda: "Calling checkpoint method" in logs(), every=0.5)
+    _scontrol(slurm_cluster, "update", f"JobId={job}", "TimeLimit=15")
+    assert "this job is timed-out" in logs()  # submitit saw USR2 as the time limit, not a preemption
+    _wait("the requeued run", lambda: len(_restarts(slurm_cluster, job)) >= 2
+          and set(_sacct(slurm_cluster, job).values()) == {"RUNNING"}, every=0.5)
+    seen = _epochs_recorded(store, "limit")
+    _wait("an epoch of the second run", lambda: _epochs_recorded(store, "limit") > seen, every=0.3)
     before = store.trials(sweep="limit")
     _scontrol(slurm_cluster, "requeue", job)
-    _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=900, every=3)
+    _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=600, every=2)
     assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}
-    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "limit" / "slurm").rglob("*_log.*"))
-    assert "this job is timed-out" in logs, logs[-3000:]  # USR2 at the time limit, not only the requeue above
-    assert "Calling checkpoint method" in logs  # CellJob.checkpoint, then submitit's own requeue
-    assert len(_restarts(slurm_cluster, job)) >= 3  # the requeue, at least one time limit, the run that finished
+    assert len(_restarts(slurm_cluster, job)) >= 3  # the time limit, the requeue, the run that finished
     _check_cell(store, "limit", samples)
     after = store.trials(sweep="limit").set_index("trial_id")
     for _, row in before[before["status"].isin(TERMINAL)].iterrows():
