@@ -32,7 +32,8 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     spec = {
         "name": "conf", "task": "classification", "dataset": {"name": "digits"},
         "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
-        "search": {"num_samples": 2, "metric": "val_accuracy"}, "scheduler": {"type": "fifo"},
+        # One trial at a time: a second trial worker costs its imports (~13 s of CPU) for trials of under a second.
+        "search": {"num_samples": 2, "metric": "val_accuracy", "max_concurrent": 1}, "scheduler": {"type": "fifo"},
         "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": 8},
         "resources": {"cpus_per_trial": 1}, "storage": f"sqlite:///{tmp_path / 'wconv.db'}",
     }

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import inspect
 import os
+from importlib import import_module
 from pathlib import Path
 
 import torch
 
-from wconv.data import cifar, digits, div2k, natural
 from wconv.data.split import Split
 from wconv.data.task import DatasetError, TaskData
 from wconv.metrics import MIN_IMAGE_SIZE
@@ -43,10 +43,19 @@ def _known(name: str) -> str:
     return name
 
 
+def _module(name: str):
+    """The module of dataset ``name``, imported on first use: CIFAR-100 and DIV2K import torchvision (and through
+    it torch._dynamo, ~3 s of CPU), which a trial on the bundled datasets never needs."""
+    return import_module(f"wconv.data.{_MODULES[_known(name)]}")
+
+
+_MODULES = {"digits": "digits", "natural": "natural", "cifar100": "cifar", "div2k": "div2k"}
+
+
 def options(name: str) -> dict[str, inspect.Parameter]:
     """The keywords of ``load`` that ``name`` uses (it ignores the others), with their annotations and defaults:
     what a caller may choose besides ``root`` and ``device``."""
-    used = set(inspect.signature(_LOADERS[_known(name)]).parameters)
+    used = set(inspect.signature(_module(name).load).parameters)
     if name in ("cifar100", "div2k"):
         used.add("verify")  # ``check`` compares official checksums / file counts for the staged datasets
     public = inspect.signature(load, eval_str=True).parameters
@@ -73,31 +82,23 @@ def check(name: str, root: str | Path | None = None, *, verify: bool = True) -> 
     ``verify`` checks the official checksums (CIFAR-100) or file counts (DIV2K); ``verify=False``
     accepts smaller files in the official format (tests) but still reads every file's structure.
     """
-    _known(name)
-    if name == "digits":
-        digits.check()
-    elif name == "natural":
-        natural.check()
-    elif name == "cifar100":
-        cifar.check(_root(root), verify=verify)
+    module = _module(name)
+    if name in ("digits", "natural"):
+        module.check()
     else:
-        div2k.check(_root(root), verify=verify)
+        module.check(_root(root), verify=verify)
 
 
 def prepare(name: str, root: str | Path | None = None) -> Path:
     """Download (needs network) and verify ``name`` under ``root``; return the dataset's folder.
     The bundled datasets are only checked."""
-    _known(name)
     root = _root(root)
-    if name == "cifar100":
-        return cifar.prepare(root)
-    if name == "div2k":
-        return div2k.prepare(root)
+    if name in ("cifar100", "div2k"):
+        return _module(name).prepare(root)
     check(name, root)
     return root
 
 
-_LOADERS = {"digits": digits.load, "natural": natural.load, "cifar100": cifar.load, "div2k": div2k.load}
 
 
 def load(
@@ -132,15 +133,16 @@ def load(
                   patches_per_epoch=patches_per_epoch, tiles_per_image=tiles_per_image)
     root = _root(root)
     check(name, root, verify=verify)
+    module = _module(name)
     if name == "digits":
-        return digits.load(device=device, val_fraction=val_fraction, hflip=hflip, random_crop=random_crop,
+        return module.load(device=device, val_fraction=val_fraction, hflip=hflip, random_crop=random_crop,
                            limit=limit)
     if name == "natural":
-        return natural.load(device=device, noise_sigma=noise_sigma, patch_size=patch_size, hflip=hflip,
+        return module.load(device=device, noise_sigma=noise_sigma, patch_size=patch_size, hflip=hflip,
                             limit=limit, patches_per_epoch=patches_per_epoch, tiles_per_image=tiles_per_image)
     if name == "cifar100":
-        return cifar.load(root, device=device, val_fraction=val_fraction, hflip=hflip, random_crop=random_crop,
+        return module.load(root, device=device, val_fraction=val_fraction, hflip=hflip, random_crop=random_crop,
                           limit=limit, verify=verify)
-    return div2k.load(root, device=device, val_fraction=val_fraction, noise_sigma=noise_sigma,
+    return module.load(root, device=device, val_fraction=val_fraction, noise_sigma=noise_sigma,
                       patch_size=patch_size, hflip=hflip, limit=limit, patches_per_epoch=patches_per_epoch,
                       tiles_per_image=tiles_per_image)
