@@ -148,6 +148,8 @@ class CellSearch(Searcher):
         number = self.number(self.running.get(tune_trial_id))
         if number is None:
             return
+        if self.study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
+            return  # the study was told its end, the store not (a kill in between): the trial only replays it
         storage = self.study._storage
         optuna_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         for report in [*result.get(REPLAY, []), result]:
@@ -226,7 +228,9 @@ class CellSearch(Searcher):
 
     def reconcile(self) -> None:
         """Tell the study what the store finished while no driver was there to tell it (a kill between
-        the store's write and the study's)."""
+        the store's write and the study's). The other way round (the study told, the store not), the store's
+        trial is claimed again, restarts from its checkpoint, replays its reports and is then recorded; the
+        study keeps what it was told (``on_trial_result`` and ``tell`` leave a finished study trial alone)."""
         known = {t.user_attrs.get("trial_id"): t for t in self.study.get_trials(deepcopy=False)
                  if not t.user_attrs.get("duplicate")}
         rows = self.store.trials(sweep=self.sweep.name, cell=self.cell.id, stage=self.stage)

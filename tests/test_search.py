@@ -67,6 +67,27 @@ def test_after_a_resume_the_study_is_told_what_the_store_kept(cell_search):
     assert told.state == TrialState.COMPLETE and told.value == pytest.approx(0.88)
 
 
+def test_a_trial_the_study_finished_but_the_store_did_not_is_run_again_without_touching_the_study(cell_search):
+    """A SLURM task suspended and cancelled between the study's tell and the store's write (seen in a full run:
+    the resumed trial's first report raised Optuna's UpdateFinishedTrialError and failed both array tasks)."""
+    sweep, cell, runs, make = cell_search
+    first = make(Holder("cancelled", "h", 1, 0.0, None))
+    first.suggest("t0")
+    config = first.suggest("t1")
+    first.on_trial_result("t1", {"epoch": 1, "val_accuracy": 0.5})
+    number = first.number(trial_id(cell, (config["alpha_1"],)))
+    first.study.tell(number, 0.9)  # what on_trial_complete tells; the store still says "running"
+    resumed = make(Holder("resubmitted", "h", 2, 0.0, None))
+    assert resumed.suggest("r0") == {"alpha_1": 1.0}  # the orphans, baseline first
+    assert resumed.suggest("r1") == config
+    replay = {"epoch": 2, "val_accuracy": 0.6, "replay": [{"epoch": 1, "val_accuracy": 0.5}]}
+    resumed.on_trial_result("r1", replay)
+    resumed.on_trial_complete("r1", _last_report(alpha_final=0.7, alpha_last=0.6))
+    (told,) = [t for t in resumed.study.trials if t.params == config]
+    assert told.state == TrialState.COMPLETE and told.value == pytest.approx(0.9)
+    assert told.intermediate_values == {1: 0.5}
+
+
 def test_stopped_and_failed_trials_are_pruned_and_failed(cell_search):
     sweep, cell, runs, make = cell_search
     search = make()
