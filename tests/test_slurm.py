@@ -168,9 +168,10 @@ def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_no
     The first run gets a 1-minute limit, so its USR2 comes whatever the machine's speed; once it has, the test
     lifts the limit (``scontrol update``), so that the later runs are ended by the requeue and by the cell's end."""
     samples = 1
-    # ~50 s of training on one CPU here: more than the first run can do before its USR2 (at most 40 s in, less
-    # its ~25 s start-up) on a machine twice as fast.
-    path = _sweep(tmp_path, "limit", samples=samples, epochs=12, steps=80, scheduler={"type": "fifo"})
+    # Two trials of 80 full epochs (digits has ~45 batches of 32 per epoch): 100-150 s of training on one CPU
+    # here, far more than the first run can do before its USR2 (at most ~40 s in, less its start-up) on a machine
+    # twice as fast; 12 epochs (~25 s) once finished inside the first run.
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=80, steps=45, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(_one_minute_profile(slurm_cluster, tmp_path)),
                   "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
