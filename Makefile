@@ -26,8 +26,10 @@ demo: setup
 	$(BIN)/wconv report smoke
 	$(BIN)/wconv report smoke_denoise
 
+# One pytest-xdist worker per core; tests/conftest.py keeps the tests that share a SLURM cluster, a smoke database
+# or a module's runs on one worker, and starts the longest first.
 test: setup system-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 bench: setup
 	$(BIN)/python benchmarks/operator_overhead.py

@@ -14,6 +14,11 @@ the test cluster's packages (`make test` installs them); brings the cluster up i
 The smoke sweep's trials last ~5 s, against ~40 s of start-up per array task; ``--epochs`` lengthens every trial
 (and ``--fifo`` runs each to the end, no ASHA and no patience, so that one and two workers do the same work) to see what SLURM costs
 once trials last longer than the task's start-up, as they do in a real sweep.
+
+The smoke sweep has 9 trials: on 2 slots one worker runs 5 of them, so two workers can be at most 9 ÷ 5 = 1.8×
+one, exactly the target. ``--samples 15`` (16 trials, 8 per worker) lets the ratio reach 2×:
+
+    python benchmarks/slurm.py --epochs 40 --fifo --samples 15   # ~12 min
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, help="training.epochs of every trial (smoke.yaml: 8)")
     p.add_argument("--fifo", action="store_true", help="no early stopping: every trial runs all its epochs")
+    p.add_argument("--samples", type=int, help="search.num_samples (smoke.yaml: 8, so 9 trials; an odd number "
+                   "so that the trials split evenly over 2 workers)")
     args = p.parse_args()
     subprocess.run([str(ROOT / "slurm" / "testcluster.sh"), "up"], check=True, capture_output=True)
     env = _env()
@@ -100,6 +107,8 @@ def main() -> None:
         one_slot = ["--set", "resources.cpus_per_trial=1"]
         if args.epochs:
             one_slot += ["--set", f"training.epochs={args.epochs}"]
+        if args.samples:
+            one_slot += ["--set", f"search.num_samples={args.samples}"]
         if args.fifo:
             one_slot += ["--set", "scheduler.type=fifo", "--set", "training.patience=null"]
         print(f"smoke sweep with {' '.join(one_slot[1::2])}")

@@ -27,7 +27,7 @@ from typing import Optional
 
 import optuna
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -145,13 +145,11 @@ class CellSearch(Searcher):
         return dict(zip(alpha_names(self.cell), alpha))
 
     def on_trial_result(self, tune_trial_id: str, result: dict) -> None:
-        number = self.number(self.running.get(tune_trial_id))
-        if number is None:
-            return
-        if self.study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
-            return  # the study was told its end, the store not (a kill in between): the trial only replays it
+        trial = self.study_trial(self.running.get(tune_trial_id))
+        if trial is None or trial.state != TrialState.RUNNING:
+            return  # not asked from the study, or told its end while the store was not (a kill in between)
         storage = self.study._storage
-        optuna_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        optuna_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, trial.number)
         for report in [*result.get(REPLAY, []), result]:
             if self.metric in report and math.isfinite(float(report[self.metric])):
                 storage.set_trial_intermediate_value(optuna_id, int(report[EPOCH]), float(report[self.metric]))
@@ -202,23 +200,23 @@ class CellSearch(Searcher):
 
     # -- telling Optuna what the store keeps -----------------------------------------------------
 
-    def number(self, tid: Optional[str]) -> Optional[int]:
-        """The study's trial number of the store's trial ``tid`` (None: not asked from the study)."""
+    def study_trial(self, tid: Optional[str]) -> Optional[FrozenTrial]:
+        """The study's trial of the store's trial ``tid`` (None: not asked from the study)."""
         if tid is None:
             return None
         for t in self.study.get_trials(deepcopy=False):
             if t.user_attrs.get("trial_id") == tid and not t.user_attrs.get("duplicate"):
-                return t.number
+                return t
         return None
 
     def tell(self, tid: str, alpha, status: str, value: Optional[float]) -> None:
         state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(status, TrialState.FAIL)
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
-        number = self.number(tid)
-        if number is not None:
-            if self.study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
-                self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+        trial = self.study_trial(tid)
+        if trial is not None:
+            if trial.state == TrialState.RUNNING:
+                self.study.tell(trial.number, value if state == TrialState.COMPLETE else None, state=state)
             return
         params = dict(zip(alpha_names(self.cell), alpha))
         if is_baseline(alpha) and all(d._contains(params[k]) for k, d in self.distributions.items()):

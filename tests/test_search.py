@@ -75,8 +75,8 @@ def test_a_trial_the_study_finished_but_the_store_did_not_is_run_again_without_t
     first.suggest("t0")
     config = first.suggest("t1")
     first.on_trial_result("t1", {"epoch": 1, "val_accuracy": 0.5})
-    number = first.number(trial_id(cell, (config["alpha_1"],)))
-    first.study.tell(number, 0.9)  # what on_trial_complete tells; the store still says "running"
+    asked = first.study_trial(trial_id(cell, (config["alpha_1"],)))
+    first.study.tell(asked.number, 0.9)  # what on_trial_complete tells; the store still says "running"
     resumed = make(Holder("resubmitted", "h", 2, 0.0, None))
     assert resumed.suggest("r0") == {"alpha_1": 1.0}  # the orphans, baseline first
     assert resumed.suggest("r1") == config

@@ -50,13 +50,15 @@ def _module(name: str):
 
 
 _MODULES = {"digits": "digits", "natural": "natural", "cifar100": "cifar", "div2k": "div2k"}
+_STAGED = ("cifar100", "div2k")
+"""Datasets staged under a root by ``prepare`` (the others ship inside the package)."""
 
 
 def options(name: str) -> dict[str, inspect.Parameter]:
     """The keywords of ``load`` that ``name`` uses (it ignores the others), with their annotations and defaults:
     what a caller may choose besides ``root`` and ``device``."""
     used = set(inspect.signature(_module(name).load).parameters)
-    if name in ("cifar100", "div2k"):
+    if name in _STAGED:
         used.add("verify")  # ``check`` compares official checksums / file counts for the staged datasets
     public = inspect.signature(load, eval_str=True).parameters
     return {n: p for n, p in public.items() if n in used and n not in ("root", "device")}
@@ -83,17 +85,17 @@ def check(name: str, root: str | Path | None = None, *, verify: bool = True) -> 
     accepts smaller files in the official format (tests) but still reads every file's structure.
     """
     module = _module(name)
-    if name in ("digits", "natural"):
-        module.check()
-    else:
+    if name in _STAGED:
         module.check(_root(root), verify=verify)
+    else:
+        module.check()
 
 
 def prepare(name: str, root: str | Path | None = None) -> Path:
     """Download (needs network) and verify ``name`` under ``root``; return the dataset's folder.
     The bundled datasets are only checked."""
     root = _root(root)
-    if name in ("cifar100", "div2k"):
+    if name in _STAGED:
         return _module(name).prepare(root)
     check(name, root)
     return root
