@@ -77,6 +77,23 @@ def trials_per_hour(db: str, sweep: str) -> float:
     return len(done) * 3600 / span
 
 
+def workers(db: str, sweep: str) -> list[str]:
+    """Per worker (the store's owner of each finished trial): trials, when its first began and its last ended (seconds
+    from the sweep's first trial start), and its mean trial time from claim to record: where a ratio below 2× goes."""
+    from analysis.store import TERMINAL, Store
+
+    with Store(db, create=False) as store:
+        trials = store.trials(sweep=sweep)
+    done = trials[trials["status"].isin(TERMINAL)]
+    t0 = trials["started_at"].min()
+    lines = []
+    for owner, rows in done.groupby("owner"):
+        took = (rows["updated_at"] - rows["started_at"]).dt.total_seconds()
+        lines.append(f"{owner}: {len(rows)} trials, +{(rows['started_at'].min() - t0).total_seconds():.1f} s → "
+                     f"+{(rows['updated_at'].max() - t0).total_seconds():.1f} s, {took.mean():.1f} s per trial")
+    return lines
+
+
 def submit_and_wait(work: Path, sweep: str, env: dict, *sets: str) -> tuple[float, float]:
     """Wall seconds from `wconv submit` to the array's end, and to the first epoch of the first trial."""
     db = f"sqlite:///{work / (sweep + '.db')}"
@@ -123,6 +140,8 @@ def main() -> None:
         two, _ = submit_and_wait(work, "bench-two", env, "--set", "workers=2", *one_slot)
         rate_one = trials_per_hour(f"sqlite:///{work / 'bench-slurm.db'}", "bench-slurm")
         rate_two = trials_per_hour(f"sqlite:///{work / 'bench-two.db'}", "bench-two")
+        spans = [*workers(f"sqlite:///{work / 'bench-slurm.db'}", "bench-slurm"),
+                 *workers(f"sqlite:///{work / 'bench-two.db'}", "bench-two")]
     print("\n| measure | value | target |\n|---|--:|--:|")
     print(f"| `wconv run` (1 slot) wall s | {local:.1f} | |")
     print(f"| `wconv submit` (1 task, 1 slot) wall s, submit → array done | {slurm:.1f} | |")
@@ -133,6 +152,7 @@ def main() -> None:
     print(f"| trials per hour while trials run (first start → last end): 1 worker, 2 workers | {rate_one:.0f}, "
           f"{rate_two:.0f} | |")
     print(f"| trials per hour while trials run, 2 workers ÷ 1 | {rate_two / rate_one:.2f}× | ≥ 1.8× |")
+    print("\nworkers (1 worker, then 2):", *spans, sep="\n  ")
 
 
 if __name__ == "__main__":
