@@ -18,7 +18,7 @@ once trials last longer than the task's start-up, as they do in a real sweep.
 The smoke sweep has 9 trials: on 2 slots one worker runs 5 of them, so two workers can be at most 9 ÷ 5 = 1.8×
 one, exactly the target. ``--samples 15`` (16 trials, 8 per worker) lets the ratio reach 2×:
 
-    python benchmarks/slurm.py --epochs 40 --fifo --samples 15   # ~12 min
+    python benchmarks/slurm.py --epochs 40 --fifo --samples 15   # ~9 min
 """
 
 from __future__ import annotations
