@@ -12,13 +12,16 @@ the test cluster's packages (`make test` installs them); brings the cluster up i
     python benchmarks/slurm.py --epochs 40 --fifo       # longer trials, every one to its full budget: ~10 min
 
 The smoke sweep's trials last ~5 s, against ~40 s of start-up per array task; ``--epochs`` lengthens every trial
-(and ``--fifo`` runs each to the end, no ASHA and no patience, so that one and two workers do the same work) to see what SLURM costs
-once trials last longer than the task's start-up, as they do in a real sweep.
+(and ``--fifo`` runs each to the end, no ASHA and no patience, so that one and two workers do the same work) to see
+what SLURM costs once trials last longer than the task's start-up, as they do in a real sweep.
 
 The smoke sweep has 9 trials: on 2 slots one worker runs 5 of them, so two workers can be at most 9 ÷ 5 = 1.8×
 one, exactly the target. ``--samples 15`` (16 trials, 8 per worker) lets the ratio reach 2×:
 
-    python benchmarks/slurm.py --epochs 40 --fifo --samples 15   # ~9 min
+    python benchmarks/slurm.py --epochs 40 --fifo --samples 15   # ~10 min
+
+Last, one trial of the same settings in a bare Python process (no SLURM, no Ray), alone and then two side by side,
+each pinned to a core: what the machine itself allows two workers (the cores share caches and memory bandwidth).
 """
 
 from __future__ import annotations
@@ -75,6 +78,30 @@ def trials_per_hour(db: str, sweep: str) -> float:
     done = trials[trials["status"].isin(TERMINAL)]
     span = (done["updated_at"].max() - trials["started_at"].min()).total_seconds()
     return len(done) * 3600 / span
+
+
+BARE_TRIAL = """
+import sys, tempfile, time, torch
+from launch.cell import trial_config
+from launch.spec import load_sweep
+from wconv.train import run_trial
+torch.set_num_threads(1)
+sweep = load_sweep(sys.argv[1], sys.argv[2:])
+for alpha in (0.9, 1.1):  # the first pays the imports (torchmetrics on the first evaluation), as a worker's first trial
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        run_trial(trial_config(sweep, sweep.cells()[0], (alpha,)), lambda metrics, directory: None, folder)
+print(time.perf_counter() - start)
+"""
+
+
+def bare_trials(overrides: list[str], cores: list[int], env: dict) -> list[float]:
+    """Seconds of one smoke trial (α = 1.1, after a first one) in a bare Python process per core, all at once, each pinned to its core
+    as SLURM's task/affinity pins a task: what the machine allows two trials side by side, without SLURM or Ray."""
+    procs = [subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", BARE_TRIAL,
+                               str(ROOT / "sweeps" / "smoke.yaml"), *overrides], stdout=subprocess.PIPE, text=True,
+                              env=env) for core in cores]
+    return [float(p.communicate()[0].split()[-1]) for p in procs]
 
 
 def workers(db: str, sweep: str) -> list[str]:
@@ -140,6 +167,8 @@ def main() -> None:
         two, _ = submit_and_wait(work, "bench-two", env, "--set", "workers=2", *one_slot)
         rate_one = trials_per_hour(f"sqlite:///{work / 'bench-slurm.db'}", "bench-slurm")
         rate_two = trials_per_hour(f"sqlite:///{work / 'bench-two.db'}", "bench-two")
+        alone = bare_trials(one_slot[1::2], [0], env)[0]
+        side_by_side = bare_trials(one_slot[1::2], [0, 1], env)
         spans = [*workers(f"sqlite:///{work / 'bench-slurm.db'}", "bench-slurm"),
                  *workers(f"sqlite:///{work / 'bench-two.db'}", "bench-two")]
     print("\n| measure | value | target |\n|---|--:|--:|")
@@ -152,6 +181,10 @@ def main() -> None:
     print(f"| trials per hour while trials run (first start → last end): 1 worker, 2 workers | {rate_one:.0f}, "
           f"{rate_two:.0f} | |")
     print(f"| trials per hour while trials run, 2 workers ÷ 1 | {rate_two / rate_one:.2f}× | ≥ 1.8× |")
+    print(f"| bare trial (no SLURM, no Ray) alone, s; two side by side on 2 cores, s | {alone:.1f}; "
+          f"{', '.join(f'{t:.1f}' for t in side_by_side)} | |")
+    print(f"| the machine's ceiling for 2 workers ÷ 1: 2 × alone ÷ side by side | "
+          f"{2 * alone / max(side_by_side):.2f}× | |")
     print("\nworkers (1 worker, then 2):", *spans, sep="\n  ")
 
 
