@@ -47,6 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=_rank)  # stable: files and tests keep their order within a rank
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist runs the suite in one process
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """``--dist loadgroup`` with the groups above, in collection order (longest first)."""
     if config.getvalue("dist") != "loadgroup":
