@@ -68,14 +68,23 @@ def _wait_done(env: dict, job: str) -> None:
         time.sleep(0.5)
 
 
-def trials_per_hour(db: str, sweep: str) -> float:
-    """Trials finished per hour while the sweep's workers ran: from the first trial's start to the last trial's end
-    in the store (each task's start-up before its first trial, paid once per task, is left out)."""
+def _db(work: Path, sweep: str) -> str:
+    return f"sqlite:///{work / (sweep + '.db')}"
+
+
+def _trials(db: str, sweep: str):
+    """The sweep's trials in the store, and those of them that finished."""
     from analysis.store import TERMINAL, Store
 
     with Store(db, create=False) as store:
         trials = store.trials(sweep=sweep)
-    done = trials[trials["status"].isin(TERMINAL)]
+    return trials, trials[trials["status"].isin(TERMINAL)]
+
+
+def trials_per_hour(db: str, sweep: str) -> float:
+    """Trials finished per hour while the sweep's workers ran: from the first trial's start to the last trial's end
+    in the store (each task's start-up before its first trial, paid once per task, is left out)."""
+    trials, done = _trials(db, sweep)
     span = (done["updated_at"].max() - trials["started_at"].min()).total_seconds()
     return len(done) * 3600 / span
 
@@ -96,8 +105,9 @@ print(time.perf_counter() - start)
 
 
 def bare_trials(overrides: list[str], cores: list[int], env: dict) -> list[float]:
-    """Seconds of one smoke trial (α = 1.1, after a first one) in a bare Python process per core, all at once, each pinned to its core
-    as SLURM's task/affinity pins a task: what the machine allows two trials side by side, without SLURM or Ray."""
+    """Seconds of one smoke trial (α = 1.1, after a first one) in a bare Python process per core, all at once, each
+    pinned to its core as SLURM's task/affinity pins a task: what the machine allows two trials side by side, without
+    SLURM or Ray."""
     procs = [subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", BARE_TRIAL,
                                str(ROOT / "sweeps" / "smoke.yaml"), *overrides], stdout=subprocess.PIPE, text=True,
                               env=env) for core in cores]
@@ -107,11 +117,7 @@ def bare_trials(overrides: list[str], cores: list[int], env: dict) -> list[float
 def workers(db: str, sweep: str) -> list[str]:
     """Per worker (the store's owner of each finished trial): trials, when its first began and its last ended (seconds
     from the sweep's first trial start), and its mean trial time from claim to record: where a ratio below 2× goes."""
-    from analysis.store import TERMINAL, Store
-
-    with Store(db, create=False) as store:
-        trials = store.trials(sweep=sweep)
-    done = trials[trials["status"].isin(TERMINAL)]
+    trials, done = _trials(db, sweep)
     t0 = trials["started_at"].min()
     lines = []
     for owner, rows in done.groupby("owner"):
@@ -123,7 +129,7 @@ def workers(db: str, sweep: str) -> list[str]:
 
 def submit_and_wait(work: Path, sweep: str, env: dict, *sets: str) -> tuple[float, float]:
     """Wall seconds from `wconv submit` to the array's end, and to the first epoch of the first trial."""
-    db = f"sqlite:///{work / (sweep + '.db')}"
+    db = _db(work, sweep)
     start = time.time()
     done = subprocess.run([*WCONV, "submit", str(ROOT / "sweeps" / "smoke.yaml"), "--cluster",
                            str(ROOT / "slurm" / "local.yaml"), "--storage", db, "--runs-dir", str(work / "runs"),
@@ -158,19 +164,18 @@ def main() -> None:
         print(f"smoke sweep with {' '.join(one_slot[1::2])}")
         start = time.time()
         run = subprocess.run([*WCONV, "run", str(ROOT / "sweeps" / "smoke.yaml"), "--num-cpus", "1", "--storage",
-                              f"sqlite:///{work / 'local.db'}", "--runs-dir", str(work / "runs-local"),
+                              _db(work, "local"), "--runs-dir", str(work / "runs-local"),
                               "--set", "name=bench-local", *one_slot], capture_output=True, text=True, env=env)
         local = time.time() - start
         if run.returncode:
             sys.exit(run.stderr)
         slurm, to_first = submit_and_wait(work, "bench-slurm", env, *one_slot)
         two, _ = submit_and_wait(work, "bench-two", env, "--set", "workers=2", *one_slot)
-        rate_one = trials_per_hour(f"sqlite:///{work / 'bench-slurm.db'}", "bench-slurm")
-        rate_two = trials_per_hour(f"sqlite:///{work / 'bench-two.db'}", "bench-two")
+        rate_one = trials_per_hour(_db(work, "bench-slurm"), "bench-slurm")
+        rate_two = trials_per_hour(_db(work, "bench-two"), "bench-two")
         alone = bare_trials(one_slot[1::2], [0], env)[0]
         side_by_side = bare_trials(one_slot[1::2], [0, 1], env)
-        spans = [*workers(f"sqlite:///{work / 'bench-slurm.db'}", "bench-slurm"),
-                 *workers(f"sqlite:///{work / 'bench-two.db'}", "bench-two")]
+        spans = [*workers(_db(work, "bench-slurm"), "bench-slurm"), *workers(_db(work, "bench-two"), "bench-two")]
     print("\n| measure | value | target |\n|---|--:|--:|")
     print(f"| `wconv run` (1 slot) wall s | {local:.1f} | |")
     print(f"| `wconv submit` (1 task, 1 slot) wall s, submit → array done | {slurm:.1f} | |")
