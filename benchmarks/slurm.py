@@ -22,12 +22,20 @@ one, exactly the target. ``--samples 15`` (16 trials, 8 per worker) lets the rat
 
 Last, one trial of the same settings in a bare Python process (no SLURM, no Ray), alone and then two side by side,
 each pinned to a core: what the machine itself allows two workers (the cores share caches and memory bandwidth).
+
+Two workers on one cell run beside each other, one worker alone does not: the ratio mixes what sharing a cell costs
+with what the machine loses when both cores compute. The control separates them: the same array shape, two tasks of
+one slot, but on two cells (``seeds: [0, 1]``), one worker each, so nothing is shared. Two workers on one cell
+against that control (per task) is what sharing a cell costs: 2× when it costs nothing.
+
+    python benchmarks/slurm.py --epochs 40 --fifo --samples 15 --repeat 2   # ~25 min: the 3 runs, twice, interleaved
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,6 +122,13 @@ def bare_trials(overrides: list[str], cores: list[int], env: dict) -> list[float
     return [float(p.communicate()[0].split()[-1]) for p in procs]
 
 
+def rates(db: str, sweep: str) -> dict[str, float]:
+    """Trials per hour of each cell while its trials ran (first start → last end, as ``trials_per_hour``)."""
+    trials, done = _trials(db, sweep)
+    return {cell: len(rows) * 3600 / (rows["updated_at"].max() - trials[trials["cell"] == cell]["started_at"].min())
+            .total_seconds() for cell, rows in done.groupby("cell")}
+
+
 def workers(db: str, sweep: str) -> list[str]:
     """Per worker (the store's owner of each finished trial): trials, when its first began and its last ended (seconds
     from the sweep's first trial start), and its mean trial time from claim to record: where a ratio below 2× goes."""
@@ -148,7 +163,12 @@ def main() -> None:
     p.add_argument("--fifo", action="store_true", help="no early stopping: every trial runs all its epochs")
     p.add_argument("--samples", type=int, help="search.num_samples (smoke.yaml: 8, so 9 trials; an odd number "
                    "so that the trials split evenly over 2 workers)")
+    p.add_argument("--repeat", type=int, default=1, help="run 1 worker, 2 workers and the two-cell control this "
+                   "many times, interleaved, and print each ratio's median (the machine's speed drifts by ~10%% "
+                   "from minute to minute)")
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     subprocess.run([str(ROOT / "slurm" / "testcluster.sh"), "up"], check=True, capture_output=True)
     env = _env()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
@@ -169,28 +189,56 @@ def main() -> None:
         local = time.time() - start
         if run.returncode:
             sys.exit(run.stderr)
-        slurm, to_first = submit_and_wait(work, "bench-slurm", env, *one_slot)
-        two, _ = submit_and_wait(work, "bench-two", env, "--set", "workers=2", *one_slot)
-        rate_one = trials_per_hour(_db(work, "bench-slurm"), "bench-slurm")
-        rate_two = trials_per_hour(_db(work, "bench-two"), "bench-two")
+        rounds, spans = [], []
+        for r in range(args.repeat):
+            one, two, cells = f"bench-one-{r}", f"bench-two-{r}", f"bench-cells-{r}"
+            slurm, to_first = submit_and_wait(work, one, env, *one_slot)
+            both, _ = submit_and_wait(work, two, env, "--set", "workers=2", *one_slot)
+            submit_and_wait(work, cells, env, "--set", "seeds=[0, 1]", *one_slot)
+            rate_one = trials_per_hour(_db(work, one), one)
+            rate_two = trials_per_hour(_db(work, two), two)
+            per_cell = rates(_db(work, cells), cells)
+            rounds.append(dict(slurm=slurm, to_first=to_first, both=both, one=rate_one, two=rate_two,
+                               cell=statistics.mean(per_cell.values())))
+            spans += [f"round {r + 1}:", *workers(_db(work, one), one), *workers(_db(work, two), two),
+                      *workers(_db(work, cells), cells)]
         alone = bare_trials(one_slot[1::2], [0], env)[0]
         side_by_side = bare_trials(one_slot[1::2], [0, 1], env)
-        spans = [*workers(_db(work, "bench-slurm"), "bench-slurm"), *workers(_db(work, "bench-two"), "bench-two")]
-    print("\n| measure | value | target |\n|---|--:|--:|")
+
+    def value(values: list[float], fmt: str) -> str:
+        """The median of the rounds, then each round's value (``fmt`` may end in a unit: ".2f×")."""
+        spec, unit = fmt.rstrip("×"), "×" if fmt.endswith("×") else ""
+        text = format(statistics.median(values), spec) + unit
+        return text + (" (" + ", ".join(format(v, spec) + unit for v in values) + ")" if len(values) > 1 else "")
+
+    rows = [
+        ("`wconv submit` (1 task, 1 slot) wall s, submit → array done", [x["slurm"] for x in rounds], ".1f", ""),
+        ("submit ÷ run", [x["slurm"] / local for x in rounds], ".3f", "≤ 1.15"),
+        ("submit → first trial's first epoch, s", [x["to_first"] for x in rounds], ".1f", ""),
+        ("2 workers (2 tasks × 1 slot) wall s", [x["both"] for x in rounds], ".1f", ""),
+        ("trials per hour, 2 workers ÷ 1, submit → array done", [x["slurm"] / x["both"] for x in rounds], ".2f×",
+         "≥ 1.8×"),
+        ("trials per hour while trials run: 1 worker", [x["one"] for x in rounds], ".0f", ""),
+        ("trials per hour while trials run: 2 workers on one cell", [x["two"] for x in rounds], ".0f", ""),
+        ("trials per hour while trials run: control, 2 cells × 1 worker side by side, per cell",
+         [x["cell"] for x in rounds], ".0f", ""),
+        ("trials per hour while trials run, 2 workers ÷ 1", [x["two"] / x["one"] for x in rounds], ".2f×", "≥ 1.8×"),
+        ("2 workers on one cell ÷ control per cell (what sharing a cell costs; 2× when nothing)",
+         [x["two"] / x["cell"] for x in rounds], ".2f×", ""),
+        ("2 × control per cell ÷ 1 worker alone (what the machine takes when both slots compute)",
+         [2 * x["cell"] / x["one"] for x in rounds], ".2f×", ""),
+    ]
+    print(f"\n| measure{' (median of the rounds; each round)' if args.repeat > 1 else ''} | value | target |")
+    print("|---|--:|--:|")
     print(f"| `wconv run` (1 slot) wall s | {local:.1f} | |")
-    print(f"| `wconv submit` (1 task, 1 slot) wall s, submit → array done | {slurm:.1f} | |")
-    print(f"| submit ÷ run | {slurm / local:.3f} | ≤ 1.15 |")
-    print(f"| submit → first trial's first epoch, s | {to_first:.1f} | |")
-    print(f"| 2 workers (2 tasks × 1 slot) wall s | {two:.1f} | |")
-    print(f"| trials per hour, 2 workers ÷ 1, submit → array done | {slurm / two:.2f}× | ≥ 1.8× |")
-    print(f"| trials per hour while trials run (first start → last end): 1 worker, 2 workers | {rate_one:.0f}, "
-          f"{rate_two:.0f} | |")
-    print(f"| trials per hour while trials run, 2 workers ÷ 1 | {rate_two / rate_one:.2f}× | ≥ 1.8× |")
+    for label, values, fmt, target in rows:
+        print(f"| {label} | {value(values, fmt)} | {target} |")
     print(f"| bare trial (no SLURM, no Ray) alone, s; two side by side on 2 cores, s | {alone:.1f}; "
           f"{', '.join(f'{t:.1f}' for t in side_by_side)} | |")
     print(f"| the machine's ceiling for 2 workers ÷ 1: 2 × alone ÷ side by side | "
           f"{2 * alone / max(side_by_side):.2f}× | |")
-    print("\nworkers (1 worker, then 2):", *spans, sep="\n  ")
+    print("\nworkers (per round: 1 worker, then 2 workers on one cell, then the control's 2 cells):", *spans,
+          sep="\n  ")
 
 
 if __name__ == "__main__":
