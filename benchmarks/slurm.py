@@ -81,7 +81,7 @@ def _db(work: Path, sweep: str) -> str:
 
 
 def _trials(db: str, sweep: str):
-    """The sweep's trials in the store, and those of them that finished."""
+    """The sweep's trials in the store, and those of them that finished: read once, for the measures below."""
     from analysis.store import TERMINAL, Store
 
     with Store(db, create=False) as store:
@@ -89,12 +89,10 @@ def _trials(db: str, sweep: str):
     return trials, trials[trials["status"].isin(TERMINAL)]
 
 
-def trials_per_hour(db: str, sweep: str) -> float:
-    """Trials finished per hour while the sweep's workers ran: from the first trial's start to the last trial's end
-    in the store (each task's start-up before its first trial, paid once per task, is left out)."""
-    trials, done = _trials(db, sweep)
-    span = (done["updated_at"].max() - trials["started_at"].min()).total_seconds()
-    return len(done) * 3600 / span
+def trials_per_hour(trials, done) -> float:
+    """Trials finished per hour while the workers ran: from the first trial's start to the last trial's end in the
+    store (each task's start-up before its first trial, paid once per task, is left out)."""
+    return len(done) * 3600 / (done["updated_at"].max() - trials["started_at"].min()).total_seconds()
 
 
 BARE_TRIAL = """
@@ -122,18 +120,15 @@ def bare_trials(overrides: list[str], cores: list[int], env: dict) -> list[float
     return [float(p.communicate()[0].split()[-1]) for p in procs]
 
 
-def rates(db: str, sweep: str) -> dict[str, float]:
-    """Trials per hour of each cell while its trials ran (first start → last end, as ``trials_per_hour``)."""
-    trials, done = _trials(db, sweep)
-    return {cell: len(rows) * 3600 / (rows["updated_at"].max() - trials[trials["cell"] == cell]["started_at"].min())
-            .total_seconds() for cell, rows in done.groupby("cell")}
+def rates(trials, done) -> dict[str, float]:
+    """``trials_per_hour`` of each cell."""
+    return {cell: trials_per_hour(trials[trials["cell"] == cell], rows) for cell, rows in done.groupby("cell")}
 
 
-def workers(db: str, sweep: str) -> list[str]:
+def workers(trials, done) -> list[str]:
     """Per worker (the store's owner of each finished trial): trials, when its first began and its last ended (seconds
     from the sweep's first trial start), and its trial time from claim to record — its first trial apart, since that
     one also holds the task's trial worker start-up (a Python start and the imports), paid once per task."""
-    trials, done = _trials(db, sweep)
     t0 = trials["started_at"].min()
     lines = []
     for owner, rows in done.groupby("owner"):
@@ -199,13 +194,11 @@ def main() -> None:
             slurm, to_first = submit_and_wait(work, one, env, *one_slot)
             both, _ = submit_and_wait(work, two, env, "--set", "workers=2", *one_slot)
             submit_and_wait(work, cells, env, "--set", "seeds=[0, 1]", *one_slot)
-            rate_one = trials_per_hour(_db(work, one), one)
-            rate_two = trials_per_hour(_db(work, two), two)
-            per_cell = rates(_db(work, cells), cells)
-            rounds.append(dict(slurm=slurm, to_first=to_first, both=both, one=rate_one, two=rate_two,
-                               cell=statistics.mean(per_cell.values())))
-            spans += [f"round {r + 1}:", *workers(_db(work, one), one), *workers(_db(work, two), two),
-                      *workers(_db(work, cells), cells)]
+            stores = {name: _trials(_db(work, name), name) for name in (one, two, cells)}
+            rounds.append(dict(slurm=slurm, to_first=to_first, both=both, one=trials_per_hour(*stores[one]),
+                               two=trials_per_hour(*stores[two]),
+                               cell=statistics.mean(rates(*stores[cells]).values())))
+            spans += [f"round {r + 1}:", *(line for store in stores.values() for line in workers(*store))]
         alone = bare_trials(one_slot[1::2], [0], env)[0]
         side_by_side = bare_trials(one_slot[1::2], [0, 1], env)
 
