@@ -101,7 +101,8 @@ def _trials(db: str, sweep: str):
 
 def trials_per_hour(trials, done) -> float:
     """Trials finished per hour while the workers ran: from the first trial's start to the last trial's end in the
-    store (each task's start-up before its first trial, paid once per task, is left out)."""
+    store. What a task does before its first claim (srun, Python, its Ray cluster) is left out; its trial worker's
+    start-up is not, as it lands in the first trial (see ``warm_per_hour``)."""
     return len(done) * 3600 / (done["updated_at"].max() - trials["started_at"].min()).total_seconds()
 
 
@@ -221,9 +222,9 @@ def main() -> None:
             stores = {name: _trials(_db(work, name), name) for name in (one, two, cells)}
             control = rates(*stores[cells]).values()
             rounds.append(dict(slurm=slurm, to_first=to_first, both=both, one=trials_per_hour(*stores[one]),
-                               two=trials_per_hour(*stores[two]), cell=statistics.mean(r[0] for r in control),
+                               two=trials_per_hour(*stores[two]), cell=statistics.mean(c[0] for c in control),
                                warm_one=warm_per_hour(stores[one][1]), warm_two=warm_per_hour(stores[two][1]),
-                               warm_cell=statistics.mean(r[1] for r in control)))
+                               warm_cell=statistics.mean(c[1] for c in control)))
             spans += [f"round {r + 1}:", *(line for store in stores.values() for line in workers(*store))]
         alone = bare_trials(one_slot[1::2], [0], env)[0]
         side_by_side = bare_trials(one_slot[1::2], [0, 1], env)
