@@ -1,6 +1,11 @@
 """The report's figures: what the search tried and where ASHA stopped it, learning curves, the paper's
 Fig. 1 (confusion matrices) and Figs. 2–3 (denoised examples), and the confirmation's paired differences.
 
+Every kernel size is drawn whole: the search figure shows metric against α1 for 3×3 (one free coefficient),
+the (α1, α2) plane for 5×5, and for 7×7 and larger one panel per free coefficient (metric against each αi),
+so no coefficient is left out; the density in each title is written out for that size (``density_label``).
+A figure that cannot be drawn truthfully raises ``NotDrawn`` and the report says why in its place.
+
 Figures are built with matplotlib's object API (``matplotlib.figure.Figure``, Agg canvas): no pyplot, so no
 global state and no display is needed. ``plots`` lists what a sweep gets; each ``Plot.draw`` renders one.
 """
@@ -34,8 +39,19 @@ SEED_COLORS = ("#3b75af", "#519e3e", "#8d69b8", "#c49c94", "#17becf", "#bcbd22")
 DPI = 120
 
 
-class CheckpointMissing(Exception):
+class NotDrawn(Exception):
+    """This figure cannot be drawn from these results; the message says why (the report shows it instead)."""
+
+
+class CheckpointMissing(NotDrawn):
     """A trial's checkpoint is not on this machine (e.g. written on a cluster's scratch)."""
+
+
+def density_label(n: int) -> str:
+    """The 1-D density of a kernel with ``n`` free coefficients, outer edge inward: ``(α1, 1, α1)`` for 3×3,
+    ``(α1, α2, α3, 1, α3, α2, α1)`` for 7×7."""
+    names = [f"α{i}" for i in range(1, n + 1)]
+    return "(" + ", ".join([*names, "1", *reversed(names)]) + ")"
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,17 @@ def plots(frames: Frames, sweep: dict) -> list[Plot]:
     for pair in groups:
         tag, label = f"{pair.model}_k{pair.kernel_size}", f"{pair.model}, {pair.kernel_size} × {pair.kernel_size}"
         group = trials[(trials["model"] == pair.model) & (trials["kernel_size"] == pair.kernel_size)]
-        n_alpha = max((len(a) for a in group["alpha"] if a is not None), default=1)
-        if n_alpha >= 2:
+        n_alpha = max((len(a) for a in group["alpha"] if isinstance(a, list)), default=1)
+        if n_alpha >= 3:
+            names = ", ".join(f"α{i}" for i in range(1, n_alpha + 1))
+            out.append(Plot(f"alpha_{tag}.png", "search", f"{label}: {sweep['metric']} against each of {names}",
+                            f"Every trial of the search, one panel per free coefficient of the density "
+                            f"α = {density_label(n_alpha)} (rows: seeds): filled, completed; hollow, stopped by ASHA "
+                            "(its value at the rung where it stopped); dashed line and star: the α = 1 baseline; ring: "
+                            "the chosen α. A point's other coefficients are not shown in its panel: the same trial "
+                            "appears once in each.",
+                            lambda g=group, p=pair, n=n_alpha: draw_alpha_panels(g, p, sweep, n)))
+        elif n_alpha == 2:
             out.append(Plot(f"alpha_{tag}.png", "search", f"{label}: {sweep['metric']} over (α1, α2)",
                             "Every trial of the search in the (α1, α2) plane, coloured by its value; filled: completed, "
                             "small and grey-edged: stopped by ASHA (its value at the rung where it stopped), star: the "
@@ -162,7 +187,7 @@ def draw_alpha_line(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
         ax.axvspan(lo, hi, color="#f4f4f4", zorder=0)
         pad = 0.04 * (hi - lo)
         ax.set_xlim(min(lo, 1.0) - pad, max(hi, 1.0) + pad)
-    ax.set_xlabel("α1 (outer coefficient of the density α = (α1, 1, α1))")
+    ax.set_xlabel(f"α1 (outer coefficient of the density α = {density_label(1)})")
     ax.set_ylabel(f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)")
     ax.set_title(_title(pair, "search"), fontsize=11)
     ax.grid(alpha=0.3)
@@ -196,6 +221,9 @@ def _title(pair: Pair, what: str) -> str:
     head = f"{pair.model}, {pair.kernel_size} × {pair.kernel_size}"
     if pair.choice is None:
         return f"{head}: no completed trial besides α = 1 yet"
+    if pair.choice.beats_baseline is False:
+        verdict = "unconfirmed" if pair.confirm is None else pair.confirm.verdict
+        return f"{head}: {pair.choice.note}\nconfirmation: {verdict}"
     text = f"{head}: chosen α = {format_alpha(pair.choice.alpha)}"
     if pair.choice.baselines is not None:
         diff = np.mean(np.subtract(pair.choice.values, pair.choice.baselines))
@@ -263,7 +291,57 @@ def draw_alpha_map(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
     if scatter is not None:
         fig.colorbar(scatter, ax=axes[: len(seeds)].tolist(), label=f"{metric} ({'higher' if mode == 'max' else 'lower'}"
                      " is better)", shrink=0.9)
-    fig.suptitle(_title(pair, "search") + "  ·  density α = (α1, α2, 1, α2, α1)", fontsize=11)
+    fig.suptitle(_title(pair, "search") + f"  ·  density α = {density_label(2)}", fontsize=11)
+    return fig
+
+
+def draw_alpha_panels(trials: pd.DataFrame, pair: Pair, sweep: dict, n: int) -> Figure:
+    """Metric against each free coefficient α1 … αn (7×7 and larger): one column per coefficient, one row per
+    seed; every trial appears once in each panel, at its value of that coefficient."""
+    metric, mode = sweep["metric"], sweep["mode"]
+    values = _values(trials, metric)
+    alpha = trials["alpha"].map(lambda a: list(a) + [np.nan] * (n - len(a)) if isinstance(a, list) else [np.nan] * n)
+    coefficient = pd.DataFrame(alpha.tolist(), index=trials.index, columns=[f"α{i}" for i in range(1, n + 1)])
+    seeds = sorted(int(s) for s in trials["seed"].dropna().unique()) or [0]
+    fig = Figure(figsize=(3.8 * n + 0.6, 3.4 * len(seeds) + 0.9), layout="constrained")
+    axes = fig.subplots(len(seeds), n, squeeze=False, sharey="row")
+    rng = _search_range(sweep, pair.kernel_size)
+    is_baseline = trials["baseline"].fillna(False).astype(bool)
+    chosen = set(pair.choice.trials) if pair.choice else set()
+    for row, seed in enumerate(seeds):
+        mine = trials["seed"] == seed
+        done = mine & ~is_baseline & (trials["status"] == "completed")
+        stopped = mine & ~is_baseline & (trials["status"] == "stopped")
+        base = mine & is_baseline & (trials["status"] == "completed")
+        best = mine & trials["trial_id"].isin(chosen)
+        for j, name in enumerate(coefficient.columns):
+            ax = axes[row, j]
+            x = coefficient[name]
+            if rng and j < len(rng):
+                lo, hi = rng[j]
+                ax.axvspan(lo, hi, color="#f4f4f4", zorder=0)
+                pad = 0.04 * (hi - lo)
+                ax.set_xlim(min(lo, 1.0) - pad, max(hi, 1.0) + pad)
+            ax.scatter(x[done], values[done], s=40, color=TRIAL_COLOR, edgecolor="white", linewidth=0.6, zorder=3)
+            ax.scatter(x[stopped], values[stopped], s=40, facecolor="none", edgecolor=TRIAL_COLOR, linewidth=1.2,
+                       zorder=3)
+            for value in values[base].dropna():
+                ax.axhline(value, color=BASELINE_COLOR, linestyle="--", linewidth=1, zorder=1)
+                ax.scatter([1.0], [value], marker="*", s=180, color=BASELINE_COLOR, edgecolor="white", zorder=4)
+            ax.scatter(x[best], values[best], s=220, facecolor="none", edgecolor=BEST_COLOR, linewidth=2, zorder=5)
+            ax.set_xlabel(f"{name}" + (" (outermost)" if j == 0 else " (innermost)" if j == n - 1 else ""))
+            if j == 0:
+                ax.set_ylabel(f"{metric}, seed {seed}")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(handles=[
+        Line2D([], [], marker="o", linestyle="", color=TRIAL_COLOR, label="completed"),
+        Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color=TRIAL_COLOR, label="stopped by ASHA"),
+        Line2D([], [], marker="*", linestyle="--", color=BASELINE_COLOR, markersize=11, label="α = 1 baseline"),
+        Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=BEST_COLOR, markersize=12,
+               markeredgewidth=2, label="chosen α"),
+    ], fontsize=7, loc="best", framealpha=0.9)
+    fig.suptitle(_title(pair, "search") + f"  ·  density α = {density_label(n)} "
+                 f"({'higher' if mode == 'max' else 'lower'} is better)", fontsize=11)
     return fig
 
 
@@ -379,6 +457,7 @@ def _pooled_confusion(trials: pd.DataFrame, ids: list[str]) -> np.ndarray | None
 
 def draw_confusion(trials: pd.DataFrame, pair: Pair) -> Figure:
     """Fig. 1: standard | weighted | weighted − standard, rows normalised to recall."""
+    _require_weighted(pair)
     standard = _pooled_confusion(trials, pair.baseline_trials)
     weighted = _pooled_confusion(trials, pair.choice.trials) if pair.choice else None
     fig = Figure(figsize=(15, 4.8), layout="constrained")
@@ -411,6 +490,11 @@ def draw_confusion(trials: pd.DataFrame, pair: Pair) -> Figure:
     fig.suptitle(f"{pair.model}: confusion matrices on the test set (Fig. 1), summed over {seeds} seed"
                  f"{'s' if seeds != 1 else ''}", fontsize=11)
     return fig
+
+
+def _require_weighted(pair: Pair) -> None:
+    if pair.choice is not None and pair.choice.beats_baseline is False:
+        raise NotDrawn(f"{pair.choice.note}, so there is no weighted model to set beside α = 1")
 
 
 def _label_matrix(ax, shown: np.ndarray, counts: np.ndarray | None) -> None:
@@ -450,6 +534,7 @@ def draw_examples(trials: pd.DataFrame, pair: Pair, frames: Frames, tiles: int =
     import torch
     from piq import psnr
 
+    _require_weighted(pair)
     by_id = trials.set_index("trial_id")
     if pair.choice is None or not pair.baseline_trials:
         raise CheckpointMissing("no completed chosen-α and baseline trial pair to render")

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import pandas as pd
-from sqlalchemy.engine import make_url
-
-from analysis.store import DEFAULT_URL, Store
+from analysis.store import DEFAULT_URL, Store, masked_url
 
 
 class ResultsError(Exception):
@@ -73,7 +71,7 @@ def load(source: str | Store = DEFAULT_URL, sweep: str | None = None) -> Frames:
     try:
         sweeps = store.sweeps()
         if sweep is not None and not (sweeps["name"] == sweep).any():
-            raise ResultsError(f"no sweep {sweep!r} in the results at {_masked(store.url)}; "
+            raise ResultsError(f"no sweep {sweep!r} in the results at {masked_url(store.url)}; "
                                f"{_listing('sweeps', sweeps['name'])}")
         trials = store.trials(sweep=sweep)
         names = [sweep] if sweep is not None else sorted(set(sweeps["name"]) | set(trials["sweep"]))
@@ -113,10 +111,6 @@ def _flatten(df: pd.DataFrame, column: str) -> pd.DataFrame:
     rest = df.drop(columns=[column])
     flat.columns = [f"{column}.{key}" if key in rest.columns else key for key in flat.columns]
     return pd.concat([rest, flat], axis=1)
-
-
-def _masked(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _listing(what: str, values: Iterable) -> str:

@@ -8,6 +8,11 @@ Two views of the search (``best_alpha(..., by=)``):
   same seed is best on average over the search seeds, with a bootstrap CI. With one seed it is the
   per-cell answer. Its CI still comes from the runs the α was chosen on, so it is optimistic too.
 
+Either way, an α must *beat* α = 1 to be the best: when no α tried did better than α = 1 on the same
+seeds (a tie included), the answer is α = 1 itself, with a ``note`` naming the best α tried and its gain.
+A cell with no finished trial yet (a sweep still running, or interrupted early) gets no best and the note
+"no finished trial yet": one such sweep never stops the others from being answered.
+
 The unbiased answer is the confirmation (``confirmation``): the chosen α and α = 1 retrained on
 fresh seeds, compared seed by seed on the *test* counterpart of the sweep's metric (the α was
 chosen on validation data). Until that has run on at least two seeds, the verdict is "unconfirmed".
@@ -26,7 +31,7 @@ import pandas as pd
 
 from analysis.frames import Frames, load
 from analysis.stats import UNCONFIRMED, InitScaleShare, PairedComparison, compare_paired, init_scale_share
-from analysis.store import Store
+from analysis.store import TERMINAL, Store
 
 SEARCH, CONFIRM = "search", "confirm"
 ARM_ALPHA, ARM_BASELINE, ARM_CONTROL = "alpha", "baseline", "init-scale"
@@ -36,7 +41,7 @@ CELL_COLUMNS = [
     "sweep", "cell", "model", "kernel_size", "seed", "metric", "mode",
     "best_alpha", "best_value", "best_trial", "other_metrics",
     "baseline_value", "difference", "improvement",
-    "n_trials", "n_completed", "n_stopped", "n_failed", "n_running", "verdict",
+    "n_trials", "n_completed", "n_stopped", "n_failed", "n_running", "verdict", "beats_baseline", "note",
 ]  # fmt: skip
 MODEL_COLUMNS = [
     "sweep", "model", "kernel_size", "metric", "mode",
@@ -44,16 +49,18 @@ MODEL_COLUMNS = [
     "ci_low", "ci_high", "best_trials", "baseline_trials",
     "verdict", "confirm_alpha", "confirm_metric", "confirm_seeds", "confirm_alpha_mean", "confirm_alpha_std",
     "confirm_baseline_mean", "confirm_baseline_std", "confirm_difference", "confirm_ci_low", "confirm_ci_high",
-    "confirm_p", "init_scale_explained",
+    "confirm_p", "init_scale_explained", "beats_baseline", "note",
 ]  # fmt: skip
-"""``difference``/``ci_*`` are best − baseline in metric units; ``improvement`` is signed so positive is better."""
+"""``difference``/``ci_*`` are best − baseline in metric units; ``improvement`` is signed so positive is better.
+``beats_baseline`` is False when no α beat α = 1 (``best_alpha`` is then α = 1), None without a finished α = 1;
+``note`` says why a row has no best, or that no α beat α = 1."""
 
 # The compact view `format_table(..., "table")` shows; json and csv carry every column.
 _TABLE_COLUMNS = {
     "cell": ["sweep", "cell", "metric", "best_alpha", "best_value", "baseline_value", "improvement",
-             "n_completed", "n_stopped", "n_failed", "n_trials", "verdict"],
+             "n_completed", "n_stopped", "n_failed", "n_trials", "verdict", "note"],
     "model": ["sweep", "model", "kernel_size", "metric", "best_alpha", "n_seeds", "best_value", "baseline_value",
-              "improvement", "ci", "verdict", "confirm_difference", "confirm_ci", "confirm_p"],
+              "improvement", "ci", "verdict", "confirm_difference", "confirm_ci", "confirm_p", "note"],
 }  # fmt: skip
 _TABLE_HEADERS = {
     "kernel_size": "kernel", "best_alpha": "best α", "n_seeds": "seeds", "best_value": "best",
@@ -148,8 +155,65 @@ def _by_cell(frames: Frames) -> list[dict]:
             n_completed=int((status == "completed").sum()), n_stopped=int((status == "stopped").sum()),
             n_failed=int((status == "failed").sum()), n_running=int((status == "running").sum()),
             verdict=UNCONFIRMED if confirm is None else confirm.verdict,
+            beats_baseline=None if choice is None else choice.beats_baseline, note=_note(group, choice),
         ))  # fmt: skip
     return rows
+
+
+PROGRESS_COLUMNS = ["cell", "done", "total", "running", "metric", "best_alpha", "best_value", "baseline_value",
+                    "note"]
+
+
+def progress(source: Store | Frames | str, sweep: str) -> pd.DataFrame:
+    """Per search cell of ``sweep`` that has trials (``PROGRESS_COLUMNS``): trials finished of the cell's total,
+    trials running, and the best α so far by the rule of ``best_alpha`` (α = 1 when nothing beat it yet), with
+    α = 1's value. What ``wconv status`` shows, during a run as after it."""
+    frames = (source if isinstance(source, Frames) else load(source, sweep=sweep)).select(sweep)
+    info = frames.sweep(sweep)
+    metric, mode = info.get("metric"), info.get("mode")
+    samples = ((info.get("spec") or {}).get("search") or {}).get("num_samples")
+    rows = []
+    for cell, group in search_trials(frames).groupby("cell", sort=True):
+        choice = choose_alpha(group, metric, mode)
+        rows.append(dict(
+            cell=cell, done=int(group["status"].isin(TERMINAL).sum()),
+            total=int(samples) + 1 if samples is not None else None,  # the sampled α and α = 1
+            running=int((group["status"] == "running").sum()), metric=metric,
+            best_alpha=None if choice is None else choice.alpha,
+            best_value=None if choice is None else float(np.mean(choice.values)),
+            baseline_value=None if choice is None or choice.baselines is None else float(np.mean(choice.baselines)),
+            note=_note(group, choice),
+        ))  # fmt: skip
+    return pd.DataFrame(rows, columns=PROGRESS_COLUMNS).astype(object)
+
+
+def format_progress(df: pd.DataFrame) -> str:
+    """``progress`` as a terminal table; one line when no trial has started."""
+    if df.empty:
+        return "no trial has started yet\n"
+    shown = pd.DataFrame({
+        "cell": df["cell"],
+        "trials done": [f"{d}/{t if t is not None else '?'}" for d, t in zip(df["done"], df["total"])],
+        "running": df["running"].astype(str),
+        "best α so far": [_cell("best_alpha", a) for a in df["best_alpha"]],
+        f"best {df['metric'].iloc[0] or ''}".strip(): [_cell("best_value", v) for v in df["best_value"]],
+        "α = 1": [_cell("baseline_value", v) for v in df["baseline_value"]],
+        "note": [_cell("note", n) for n in df["note"]],
+    })  # fmt: skip
+    return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True) + "\n"
+
+
+def _note(group: pd.DataFrame, choice: AlphaChoice | None) -> str | None:
+    """Why a row of ``best_alpha`` has no best, or that no α beat α = 1."""
+    if choice is not None:
+        return choice.note
+    status = group["status"]
+    counts = ", ".join(f"{n} {s}" for s, n in status.value_counts().sort_index().items())
+    if not status.isin(TERMINAL).any():
+        return f"no finished trial yet ({counts})"
+    if not (status == "completed").any():
+        return f"no completed trial yet ({counts})"
+    return "no completed trial besides α = 1 yet"
 
 
 def _scalar_metrics(frames: Frames, trial: pd.Series, exclude: str | None) -> dict:
@@ -169,6 +233,20 @@ class AlphaChoice:
     """α = 1 on the same seeds, or None when no seed has a finished baseline."""
     trials: list[str]
     baseline_trials: list[str]
+    beats_baseline: bool | None = None
+    """False when no α tried beat α = 1 on the same seeds: ``alpha``, ``values`` and ``trials`` are then α = 1's
+    own. None when there is no finished α = 1 to compare with."""
+    tried_alpha: list[float] | None = None
+    """The best α tried other than α = 1 (``alpha`` itself when it beats α = 1)."""
+    tried_gain: float | None = None
+    """Its mean improvement over α = 1 on the same seeds, positive is better; None without a baseline."""
+
+    @property
+    def note(self) -> str | None:
+        if self.beats_baseline is not False:
+            return None
+        return (f"no α beat α = 1 (best tried {format_alpha(self.tried_alpha)}: "
+                f"{self.tried_gain:+.4g} against α = 1)")
 
 
 def choose_alpha(group: pd.DataFrame, metric: str | None, mode: str | None) -> AlphaChoice | None:
@@ -177,14 +255,16 @@ def choose_alpha(group: pd.DataFrame, metric: str | None, mode: str | None) -> A
 
     Only α values run on the most seeds compete (an α seen on one lucky seed does not beat one seen on
     all of them); only seeds where α = 1 finished count, unless none did (then the best mean value wins).
-    With one seed this is the per-cell best. A tie goes to the smaller α.
+    With one seed this is the per-cell best. A tie goes to the smaller α. An α that does not beat α = 1
+    (mean improvement ≤ 0) is not chosen: the choice is then α = 1 itself (``beats_baseline=False``).
     """
     if mode not in ("min", "max"):
         return None
     sign = 1.0 if mode == "max" else -1.0
     values = trial_values(group, metric)
-    done = group[(group["status"] == "completed") & values.notna()].assign(value=values)
-    done = done.sort_values("updated_at")
+    finished = (group["status"] == "completed") & values.notna()
+    # assign before selecting: assigning a Series to an empty selection would bring back its every row
+    done = group.assign(value=values)[finished].sort_values("updated_at")
     is_baseline = done["baseline"].fillna(False).astype(bool)
     baselines = done[is_baseline].groupby("seed").last()
     tried = done[~is_baseline].assign(key=lambda d: d["alpha"].map(_alpha_key))
@@ -205,14 +285,18 @@ def choose_alpha(group: pd.DataFrame, metric: str | None, mode: str | None) -> A
     runs = tried[tried["key"] == best_key].sort_values("seed")
     seeds = [int(s) for s in runs["seed"]]
     has_baseline = not baselines.empty and set(seeds) <= set(baselines.index)
-    return AlphaChoice(
-        alpha=[float(a) for a in runs.iloc[0]["alpha"]],
-        seeds=seeds,
-        values=[float(v) for v in runs["value"]],
-        baselines=[float(baselines.loc[s, "value"]) for s in seeds] if has_baseline else None,
-        trials=list(runs["trial_id"]),
-        baseline_trials=[baselines.loc[s, "trial_id"] for s in seeds] if has_baseline else [],
-    )
+    alpha = [float(a) for a in runs.iloc[0]["alpha"]]
+    base_values = [float(baselines.loc[s, "value"]) for s in seeds] if has_baseline else None
+    base_trials = [baselines.loc[s, "trial_id"] for s in seeds] if has_baseline else []
+    if not has_baseline:
+        return AlphaChoice(alpha, seeds, [float(v) for v in runs["value"]], None, list(runs["trial_id"]), [],
+                           tried_alpha=alpha)
+    gain = scores[best_key]
+    if gain > 0:
+        return AlphaChoice(alpha, seeds, [float(v) for v in runs["value"]], base_values, list(runs["trial_id"]),
+                           base_trials, beats_baseline=True, tried_alpha=alpha, tried_gain=gain)
+    return AlphaChoice([1.0] * len(alpha), seeds, base_values, base_values, base_trials, base_trials,
+                       beats_baseline=False, tried_alpha=alpha, tried_gain=gain)
 
 
 def _by_model(frames: Frames) -> list[dict]:
@@ -222,7 +306,8 @@ def _by_model(frames: Frames) -> list[dict]:
         metric, mode = _sweep_settings(frames, sweep)
         choice = choose_alpha(group, metric, mode)
         row: dict[str, Any] = dict(sweep=sweep, model=model, kernel_size=int(kernel), metric=metric, mode=mode,
-                                   n_seeds=int(group["seed"].nunique()))
+                                   n_seeds=int(group["seed"].nunique()), note=_note(group, choice),
+                                   beats_baseline=None if choice is None else choice.beats_baseline)
         if choice is not None:
             row.update(best_alpha=choice.alpha, seeds=choice.seeds, best_value=float(np.mean(choice.values)),
                        best_trials=choice.trials, baseline_trials=choice.baseline_trials)
@@ -230,7 +315,7 @@ def _by_model(frames: Frames) -> list[dict]:
                 row["baseline_value"] = float(np.mean(choice.baselines))
                 row["difference"] = row["best_value"] - row["baseline_value"]
                 row["improvement"] = row["difference"] if mode == "max" else -row["difference"]
-                if len(choice.seeds) >= 2:
+                if len(choice.seeds) >= 2 and choice.beats_baseline:
                     search = compare_paired(choice.values, choice.baselines, mode)
                     row.update(ci_low=search.ci_low, ci_high=search.ci_high)
         confirm = confirmation(frames, sweep, model, int(kernel))
@@ -300,7 +385,7 @@ def confirmation(frames: Frames, sweep: str, model: str, kernel: int) -> Confirm
     mine = mine[mine["seed"].isin(seeds)]
     metric = confirm_metric(metric, list(trials.columns))
     values = trial_values(mine, metric)
-    done = mine[(mine["status"] == "completed") & values.notna()].assign(value=values).sort_values("updated_at")
+    done = mine.assign(value=values)[(mine["status"] == "completed") & values.notna()].sort_values("updated_at")
     arms = [ARM_ALPHA, ARM_BASELINE] + ([ARM_CONTROL] if (mine["arm"] == ARM_CONTROL).any() else [])
     table = pd.DataFrame(np.nan, index=pd.Index(sorted(int(s) for s in seeds), name="seed"), columns=arms)
     for (seed, arm), value in done.groupby(["seed", "arm"])["value"].last().items():

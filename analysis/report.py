@@ -19,11 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from sqlalchemy.engine import make_url
-
 from analysis.frames import Frames, ResultsError, load
 from analysis.query import best_alpha, compact_view, format_table, search_trials
-from analysis.store import TERMINAL, Store
+from analysis.store import TERMINAL, Store, masked_url
 
 MANIFEST = "wconv-report.json"
 GENERATOR = "wconv report"
@@ -103,7 +101,7 @@ def write_report(source: str | Store | Frames, sweep: str, out: Path | str, *, p
         for plot in plots:
             try:
                 fig = plot.draw()
-            except figures.CheckpointMissing as exc:
+            except figures.NotDrawn as exc:
                 shown.append((plot, None, str(exc)))
                 progress.step(f"figure {plot.name} skipped: {exc}")
                 continue
@@ -197,7 +195,7 @@ def _index_html(info: dict, frames: Frames, best, listing, shown, source) -> str
 
     trials = search_trials(frames)
     counts = trials["status"].value_counts().to_dict()
-    url = make_url(source).render_as_string(hide_password=True) if isinstance(source, str) else repr(source)
+    url = masked_url(source) if isinstance(source, (str, Path)) else repr(source)
     parts = [f"<h1>Sweep {html.escape(info['name'])}</h1>",
              f"<p class='meta'>{html.escape(str(info.get('task')))} · selection metric "
              f"<b>{html.escape(str(info['metric']))}</b> ({'higher' if info['mode'] == 'max' else 'lower'} is better)"

@@ -7,6 +7,8 @@ row and never duplicates it.
 Storage:
 - ``sqlite:///results/wconv.db`` (the default) is right for one machine; it runs in WAL mode with a
   busy timeout so concurrent writers wait instead of failing.
+  A plain path (``results.db``) names a SQLite file too; ``storage_url`` turns what a user wrote into the
+  one URL every command uses, with a SQLite file's path made absolute.
 - SQLite's locking is unsafe on network filesystems (NFS, Lustre, GPFS): WAL needs shared memory
   that only works when all processes are on one host. On a cluster use PostgreSQL, e.g.
   ``postgresql+psycopg://user:password@dbhost/wconv``.
@@ -155,7 +157,7 @@ _BUSY_TIMEOUT_MS = 60_000
 
 
 class StoreError(RuntimeError):
-    """The store cannot be opened or written; the message is one line naming the URL (password masked)."""
+    """The store cannot be opened or written; the message is one line naming the URL (absolute, password masked)."""
 
 
 def _now() -> datetime:
@@ -187,6 +189,49 @@ def _mask(url: str | URL) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
+_URL_EXAMPLES = "use a file path, sqlite:///path/to/results.db or postgresql+psycopg://user:password@host/db"
+
+
+def storage_url(url: str | Path) -> str:
+    """The results store's SQLAlchemy URL from what a user wrote (``--storage``, a sweep's ``storage``): a URL,
+    or a plain path naming a SQLite file (``results.db``, ``./runs/wconv.db``, ``~/wconv.db``).
+
+    A SQLite file's path is made absolute here, once: every message then names the file that was meant, and
+    trials running in other working directories write to the same one. A malformed URL — ``sqlite://rel.db``,
+    whose two slashes make ``rel.db`` a host name — is a ``StoreError`` in one line saying what to write.
+    """
+    text = str(url).strip()
+    if not text:
+        raise StoreError(f"results store {text!r} is empty; {_URL_EXAMPLES}")
+    if "://" not in text:
+        return URL.create("sqlite", database=str(Path(text).expanduser().resolve())).render_as_string(
+            hide_password=False)
+    try:
+        parsed = make_url(text)
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        reason = f" ({exc})" if isinstance(exc, ValueError) else ""
+        raise StoreError(f"results store {_mask(text)!r} is not a database URL{reason}; {_URL_EXAMPLES}") from None
+    if parsed.get_backend_name() != "sqlite":
+        return text
+    if parsed.host or parsed.port or parsed.username:
+        scheme, rest = text.split("://", 1)
+        raise StoreError(f"results store {_mask(text)!r} is not a SQLite URL: its two slashes make "
+                         f"{parsed.host or rest!r} a host name; a file takes three ({scheme}:///{rest}) or "
+                         "give the path alone")
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return text
+    return parsed.set(database=str(Path(database).expanduser().resolve())).render_as_string(hide_password=False)
+
+
+def masked_url(url: str | Path) -> str:
+    """``storage_url(url)`` with the password masked: how messages name a store (the URL as given if malformed)."""
+    try:
+        return _mask(storage_url(url))
+    except StoreError:
+        return _mask(str(url))
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
@@ -204,17 +249,11 @@ class Store:
     column, and refuses a missing database (``NoResults``), an empty file or one that wconv did not write.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, create: bool = True):
-        self.url = url
+    def __init__(self, url: str | Path = DEFAULT_URL, *, create: bool = True):
+        self.url = storage_url(url)
         self.create = create
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise StoreError(
-                f"results store {_mask(url)!r} is not a database URL; "
-                "use sqlite:///path/to/results.db or postgresql+psycopg://user:password@host/db"
-            ) from None
-        self._masked = _mask(parsed)
+        parsed = make_url(self.url)
+        self._masked = _mask(self.url)
         backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise StoreError(

@@ -137,17 +137,22 @@ def results_table(frames: Frames, sweep: dict) -> Table:
     trials = frames.trials
     data_rows, shown_rows, bold_rows = [], [], []
     for pair in pairs(frames, sweep):
+        # No α beat α = 1: the weighted row stays empty and says so (its choice is α = 1's own trials).
+        beaten = pair.choice is not None and pair.choice.beats_baseline is False
+        chosen = pair.choice if pair.choice is not None and not beaten else None
         rows = [("standard", [1.0] * len(pair.choice.alpha) if pair.choice else None, pair.baseline_trials)]
-        rows.append(("weighted", pair.choice.alpha if pair.choice else None, pair.choice.trials if pair.choice else []))
+        rows.append(("weighted", chosen.alpha if chosen else None, chosen.trials if chosen else []))
         values = {method: {m: _trial_metric(trials, ids, f"test_{m}") for m in metrics} for method, _, ids in rows}
         for method, alpha, ids in rows:
             weighted = method == "weighted"
             verdict = (UNCONFIRMED if pair.confirm is None else pair.confirm.verdict) if weighted else ""
+            if weighted and beaten:
+                verdict = pair.choice.note
             comparison = pair.confirm.comparison if (weighted and pair.confirm) else None
             data = {"kernel_size": pair.kernel_size, "model": pair.model, "convolution": method,
                     "alpha": format_alpha(alpha) if alpha else None, "seeds": len(ids)}
             shown = {"Kernel": _kernel_label(pair.kernel_size), "Method": pair.model, "Convolution": method,
-                     "α": format_alpha(alpha) if alpha else "-"}
+                     "α": format_alpha(alpha) if alpha else ("none better than α = 1" if weighted and beaten else "-")}
             bold = {key: False for key in shown}
             for m in metrics:
                 own, other = values[method][m], values["weighted" if not weighted else "standard"][m]

@@ -81,13 +81,20 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_best(args) -> None:
+    from analysis.frames import ResultsError
     from analysis.query import best_alpha, format_table
     from analysis.store import Store
 
+    if args.sweep and args.sweep_option and args.sweep != args.sweep_option:
+        raise ResultsError(f"two sweeps given ({args.sweep!r} and --sweep {args.sweep_option!r}); give one")
+    sweep = args.sweep or args.sweep_option
     with Store(args.storage, create=False) as store:
-        table = best_alpha(store, sweep=args.sweep, model=args.model, kernel=args.kernel, by=args.by)
+        table = best_alpha(store, sweep=sweep, model=args.model, kernel=args.kernel, by=args.by)
+        where = store.url
     if table.empty and args.format == "table":
-        print("no finished cell matches" + (f" (sweep {args.sweep!r})" if args.sweep else "") + f" in {args.storage}")
+        from analysis.store import masked_url
+
+        print("no finished cell matches" + (f" (sweep {sweep!r})" if sweep else "") + f" in {masked_url(where)}")
         return
     print(format_table(table, args.format), end="")
 
@@ -123,12 +130,9 @@ def _cmd_submit(args) -> None:
 
 
 def _cmd_confirm(args) -> None:
-    from launch.confirm import confirm_sweep
-    from launch.spec import load_sweep
+    from launch.confirm import confirm_sweep, find_sweep
 
-    sweep = load_sweep(args.sweep, args.set)
-    if args.storage:
-        sweep = sweep.model_copy(update={"storage": args.storage})
+    sweep = find_sweep(args.sweep, args.set, args.storage)
     launcher = None
     if args.cluster:
         from launch.profile import load_profile
@@ -155,11 +159,19 @@ def _alpha_list(text: str) -> list[float]:
 
 
 def _cmd_status(args) -> None:
-    from analysis.store import Store
-    from launch.slurm import sweep_status
+    """A submitted sweep: its array tasks' SLURM states and its cells; a sweep run locally: its cells."""
+    from analysis.query import format_progress, progress
+    from analysis.store import Store, masked_url
 
     with Store(args.storage, create=False) as store:
-        sweep_status(store, _known_sweep(store, args.sweep))
+        name = _known_sweep(store, args.sweep)
+        if not store.jobs(name).empty:
+            from launch.slurm import sweep_status
+
+            sweep_status(store, name)
+            return
+        print(f"sweep {name!r} in {masked_url(store.url)} (not submitted to SLURM):")
+        print(format_progress(progress(store, name)), end="")
 
 
 def _cmd_cancel(args) -> None:
@@ -176,8 +188,10 @@ def _known_sweep(store, name: str) -> str:
     from launch.launcher import SubmitError
 
     if store.sweep(name) is None:
-        known = list(store.sweeps()["name"])
-        raise SubmitError(f"no sweep {name!r} in {store!r}; it has {known or 'none'}")
+        from analysis.store import masked_url
+
+        known = ", ".join(store.sweeps()["name"]) or "none yet"
+        raise SubmitError(f"no sweep {name!r} in {masked_url(store.url)}; the sweeps it records: {known}")
     return name
 
 
@@ -210,8 +224,28 @@ def _kernel_size(text: str) -> int:
     return value
 
 
-def _add_sweep(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", help="sweep YAML file")
+def _storage(text: str) -> str:
+    """An argparse type: a results store URL or a plain path (a SQLite file), as ``analysis.store.storage_url``
+    normalises it for every command; a malformed one is a usage error in one line."""
+    from analysis.store import StoreError, storage_url
+
+    try:
+        return storage_url(text)
+    except StoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_storage.__name__ = "results store"
+STORAGE_HELP = "results database: a SQLite file's path, or a URL such as postgresql+psycopg://user@host/db"
+
+
+def _add_storage(p: argparse.ArgumentParser, default: str | None = DEFAULT_STORAGE) -> None:
+    shown = f" (default {default})" if default else " (default: the sweep's storage)"
+    p.add_argument("--storage", type=_storage, default=default, help=STORAGE_HELP + shown)
+
+
+def _add_sweep(p: argparse.ArgumentParser, what: str = "sweep YAML file") -> None:
+    p.add_argument("sweep", help=what)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of the sweep file, e.g. --set training.epochs=2 "
                         "--set models.*.options.width=0.25 (repeatable)")
@@ -224,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a sweep on a Ray local cluster")
     _add_sweep(p)
     p.add_argument("--runs-dir", default="results/runs", type=Path, help="Ray Tune experiments and checkpoints")
-    p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
+    _add_storage(p, None)
     p.add_argument("--num-cpus", type=_at_least(1), help="CPUs of the local Ray cluster (default: all)")
     p.set_defaults(func=_cmd_run)
 
@@ -237,21 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("best", help="best α per cell against the α = 1 baseline")
-    p.add_argument("--sweep")
-    p.add_argument("--model")
-    p.add_argument("--kernel", type=_kernel_size)
+    p.add_argument("sweep", nargs="?", help="sweep name (default: every sweep in the database)")
+    p.add_argument("--sweep", dest="sweep_option", metavar="SWEEP", help="the same as the positional SWEEP")
+    p.add_argument("--model", help="only this model, e.g. resnet20")
+    p.add_argument("--kernel", type=_kernel_size, help="only this kernel size, e.g. 5 for 5×5")
     p.add_argument("--by", choices=["cell", "model"], default="cell",
                    help="cell: the best α of each search cell (one seed); model: per model and kernel size across "
                         "seeds, paired against α = 1, with the confirmation verdict")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table: the compact view for a terminal; json, csv: every column, full precision")
+    _add_storage(p)
     p.set_defaults(func=_cmd_best)
 
     p = sub.add_parser("report", help="the paper's tables and figures of a sweep, with verdicts, as files and index.html")
     p.add_argument("sweep", help="sweep name")
     p.add_argument("--out", type=Path, help="report folder (default results/reports/SWEEP); only files of an earlier "
                                             "report in it are replaced")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    _add_storage(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("submit", help="submit a sweep to SLURM as one array job (submitit); returns at once")
@@ -262,35 +298,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="SLURM account to charge (default: the profile's, or its environment variable)")
     p.add_argument("--runs-dir", default="results/runs", type=Path,
                    help="checkpoints, Optuna journal and SLURM logs; must be on the shared filesystem")
-    p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
+    _add_storage(p, None)
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script, the task → cell map and the "
                                                           "budget; submit and write nothing")
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("confirm", help="retrain the chosen α and α = 1 on fresh paired seeds; say whether the gain "
                                        "holds")
-    _add_sweep(p)
+    _add_sweep(p, "sweep YAML file, or the name of a sweep the results store holds (as `wconv run` recorded it)")
     p.add_argument("--seeds", type=_at_least(2), required=True, help="fresh seeds per (model, kernel size), ≥ 2")
     p.add_argument("--alpha", type=_alpha_list, help="the α to confirm for every model (default: the search's best)")
     p.add_argument("--control", choices=["init-scale"], help="add α = 1 with the chosen α's initial weight scale")
     p.add_argument("--cluster", metavar="PROFILE", help="run through SLURM with this cluster profile")
     p.add_argument("--account", help="SLURM account to charge (with --cluster)")
     p.add_argument("--runs-dir", default="results/runs", type=Path, help="checkpoints of the confirmation trials")
-    p.add_argument("--storage", help="results database URL (overrides the sweep file's storage)")
+    _add_storage(p, None)
     p.set_defaults(func=_cmd_confirm)
 
-    p = sub.add_parser("status", help="SLURM state of a submitted sweep's array tasks, and its cells' progress")
+    p = sub.add_parser("status", help="a sweep's cells: trials done, running, best α so far; and, for a submitted "
+                                      "sweep, its array tasks' SLURM states")
     p.add_argument("sweep", help="sweep name")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    _add_storage(p)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a submitted sweep; what was running is resumed by the next submit")
     p.add_argument("sweep", help="sweep name")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results database URL (default {DEFAULT_STORAGE})")
+    _add_storage(p)
     p.set_defaults(func=_cmd_cancel)
 
     p = sub.add_parser("data", help="stage datasets for offline compute nodes")
-    p.add_argument("action", choices=["prepare", "check"])
+    p.add_argument("action", choices=["prepare", "check"],
+                   help="prepare: download (or unpack) and verify; check: verify what is already there")
     p.add_argument("name", help="cifar100 or div2k")
     p.add_argument("--root", required=True, help="dataset folder")
     p.set_defaults(func=_cmd_data)

@@ -8,6 +8,13 @@ verdict (paired difference, bootstrap CI, paired test). ``--control init-scale``
 with each would-be-weighted conv's initial weights scaled by √mean(Φ²) of the chosen α, to tell how much
 of a gain the density's scale at initialisation explains.
 
+The sweep is named by its file, or by its name when the store holds it: every search records its validated
+spec, so ``wconv run sweeps/smoke.yaml`` followed by ``wconv confirm smoke --seeds 5`` confirms that sweep
+(``find_sweep``).
+
+A (model, kernel size) whose search found no α better than α = 1 has nothing to confirm: it is left out, said
+so, unless ``--alpha`` names the α to confirm.
+
 Confirmation trials live in the sweep's store with ``stage='confirm'`` and an ``arm``; each (model,
 kernel size, seed) is a cell of its own with fixed trials (``PlannedSearch``), run by the same launchers
 as the search, so a killed confirmation resumes like a sweep.
@@ -15,6 +22,7 @@ as the search, so a killed confirmation resumes like a sweep.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
@@ -28,6 +36,38 @@ CONTROL = "init-scale"
 FIRST_SEED = 1000
 
 
+def find_sweep(given: str, overrides: Sequence[str] = (), storage: Optional[str] = None) -> Sweep:
+    """The sweep to confirm, named as ``wconv run`` took it (a sweep file) or as ``best`` and ``report`` take it
+    (a name): a path that exists, or that does not look like a sweep name, is read as a sweep file; a name is
+    looked up in the results store (``storage``, else the default), whose recorded spec — validated when the
+    search ran — is validated again, ``--set`` overrides applied. The sweep's storage is the store given."""
+    from analysis.store import DEFAULT_URL, Store
+    from launch.spec import apply_overrides, load_sweep, parse_sweep
+
+    if Path(given).exists() or not re.fullmatch(r"[A-Za-z0-9_.-]+", given) or given.endswith((".yaml", ".yml")):
+        sweep = load_sweep(given, list(overrides))
+        return sweep.model_copy(update={"storage": storage}) if storage else sweep
+    with Store(storage or DEFAULT_URL, create=False) as store:
+        recorded = store.sweep(given)
+        if recorded is None or not isinstance(recorded.get("spec"), dict):
+            known = [n for n, spec in zip(store.sweeps()["name"], store.sweeps()["spec"]) if isinstance(spec, dict)]
+            raise SubmitError(f"{given!r} is neither a sweep file nor a sweep recorded in {_masked(store)}; "
+                              f"the sweeps it records: {', '.join(known) or 'none yet'}; give a sweep file or one of "
+                              "those names")
+        url = store.url
+    where = f"sweep {given!r} recorded in {_masked(url)}"
+    spec = dict(recorded["spec"])
+    spec["kernels"] = {int(k): v for k, v in (spec.get("kernels") or {}).items()}  # JSON keeps keys as text
+    spec["storage"] = url
+    return parse_sweep(apply_overrides(spec, list(overrides), where), where)
+
+
+def _masked(store) -> str:
+    from analysis.store import masked_url
+
+    return masked_url(store if isinstance(store, str) else store.url)
+
+
 def fresh_seeds(sweep: Sweep, n: int) -> list[int]:
     """N seeds no search cell used, always the same ones: a confirmation run again continues, and
     ``--seeds`` raised later adds seeds."""
@@ -39,8 +79,10 @@ def fresh_seeds(sweep: Sweep, n: int) -> list[int]:
     return seeds
 
 
-def chosen_alphas(sweep: Sweep, alpha: Optional[Sequence[float]]) -> dict[tuple[str, int], tuple[float, ...]]:
-    """The α to confirm per (model, kernel size): ``alpha`` if given, else the search's best across seeds."""
+def chosen_alphas(sweep: Sweep, alpha: Optional[Sequence[float]], out: TextIO = sys.stdout,
+                  ) -> dict[tuple[str, int], tuple[float, ...]]:
+    """The α to confirm per (model, kernel size): ``alpha`` if given, else the search's best across seeds
+    (left out where it is α = 1: no α beat it)."""
     from analysis.query import best_alpha
     from analysis.store import NoResults
 
@@ -57,13 +99,20 @@ def chosen_alphas(sweep: Sweep, alpha: Optional[Sequence[float]]) -> dict[tuple[
         table = best_alpha(sweep.storage, sweep=sweep.name, by="model")
     except NoResults:
         table = None
-    best = {} if table is None else {(r["model"], int(r["kernel_size"])): r["best_alpha"]
-                                     for _, r in table.iterrows() if r["best_alpha"] is not None}
+    rows = {} if table is None else {(r["model"], int(r["kernel_size"])): r for _, r in table.iterrows()}
+    best = {pair: r["best_alpha"] for pair, r in rows.items() if r["best_alpha"] is not None}
     missing = [f"{m} {k}×{k}" for (m, k) in pairs if (m, k) not in best]
     if missing:
         raise SubmitError(f"no α to confirm for {', '.join(missing)}: the search of sweep {sweep.name!r} has no "
                           f"completed trial there; run the sweep first (wconv run) or give --alpha")
-    return {pair: tuple(float(a) for a in best[pair]) for pair in pairs}
+    beaten = [pair for pair in pairs if rows[pair]["beats_baseline"] is False]
+    if len(beaten) == len(pairs):
+        raise SubmitError(f"nothing to confirm in sweep {sweep.name!r}: its search found no α better than α = 1 "
+                          f"({', '.join(f'{m} {k}×{k}' for m, k in beaten)}); give --alpha to confirm one anyway")
+    for model, kernel in beaten:
+        print(f"not confirming {model} {kernel}×{kernel}: {rows[(model, kernel)]['note']}; give --alpha to confirm "
+              "an α there anyway", file=out)
+    return {pair: tuple(float(a) for a in best[pair]) for pair in pairs if pair not in beaten}
 
 
 def plan_confirmation(sweep: Sweep, runs_dir: Path | str, chosen: dict, seeds: Sequence[int],
@@ -72,6 +121,8 @@ def plan_confirmation(sweep: Sweep, runs_dir: Path | str, chosen: dict, seeds: S
     tasks = []
     for model in sweep.models:
         for kernel, ranges in sorted(sweep.kernels.items()):
+            if (model.name, kernel) not in chosen:
+                continue
             alpha = chosen[(model.name, kernel)]
             for seed in seeds:
                 cell = Cell(sweep.name, model.name, dict(model.options), kernel, tuple(map(tuple, ranges)), seed)
@@ -93,7 +144,7 @@ def confirm_sweep(sweep: Sweep, runs_dir: Path | str, seeds: int, *, alpha: Opti
         if store.sweep(sweep.name) is None:
             raise SubmitError(f"sweep {sweep.name!r} is not in {store!r}: run its search first (wconv run)")
     sweep, runs_dir = prepare_sweep(sweep, runs_dir)
-    chosen = chosen_alphas(sweep, alpha)
+    chosen = chosen_alphas(sweep, alpha, out)
     tasks = plan_confirmation(sweep, runs_dir, chosen, fresh_seeds(sweep, seeds), control == CONTROL)
     for (model, kernel), a in chosen.items():
         print(f"confirming {model} {kernel}×{kernel}: α = ({', '.join(f'{x:.3f}' for x in a)}) against α = 1"
@@ -102,7 +153,7 @@ def confirm_sweep(sweep: Sweep, runs_dir: Path | str, seeds: int, *, alpha: Opti
     handles = (launcher or LocalLauncher(out)).submit(sweep, tasks)
     if launcher is not None:
         print(f"submitted array job {handles[0].job_id.split('_')[0]}: {len(tasks)} task(s); run `wconv best "
-              f"--sweep {sweep.name} --by model` when it is done", file=out)
+              f"{sweep.name} --by model` when it is done", file=out)
         return
     print_verdicts(sweep, out)
 

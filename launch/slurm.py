@@ -293,31 +293,16 @@ def sweep_status(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
     """Per array task its SLURM state; per cell trials done/total and the best so far."""
     import pandas as pd
 
-    from analysis.store import TERMINAL
+    from analysis.query import format_progress, progress
 
     jobs = recorded_jobs(store, sweep)
-    info = store.sweep(sweep) or {}
-    spec = info.get("spec") or {}
-    total = int((spec.get("search") or {}).get("num_samples", 0)) + 1
     tasks = [dict(t, job=j["job_id"], job_state=j["state"]) for j in jobs for t in (j["tasks"] or [])]
     states = job_states([t["task"] for t in tasks])
     rows = [{"array task": t["task"], "cell": t["cell"], "worker": t["worker"],
              "state": "CANCELLED" if t["job_state"] == "cancelled" and states.get(t["task"]) in (None, "PENDING")
              else states.get(t["task"], "UNKNOWN")} for t in tasks]
     print(pd.DataFrame(rows).to_string(index=False), file=out)
-    trials = store.trials(sweep=sweep, stage="search")
-    metric, mode = info.get("metric"), info.get("mode")
-    cells = []
-    for cell, group in trials.groupby("cell") if not trials.empty else []:
-        done = group[group["status"].isin(TERMINAL)]
-        completed = done[(done["status"] == "completed") & ~done["baseline"].astype(bool)]
-        values = completed["metrics"].map(lambda m: (m or {}).get(metric))
-        values = values.dropna()
-        best = None if values.empty else (values.max() if mode == "max" else values.min())
-        cells.append({"cell": cell, "trials done": f"{len(done)}/{total}",
-                      f"best {metric}": "-" if best is None else f"{best:.4g}",
-                      "running": int((group["status"] == "running").sum())})
-    print(pd.DataFrame(cells).to_string(index=False) if cells else "no trial has started yet", file=out)
+    print(format_progress(progress(store, sweep)), file=out, end="")
 
 
 def cancel_sweep(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:

@@ -215,15 +215,12 @@ class Sweep(_Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from analysis.store import StoreError, storage_url
 
         try:
-            make_url(v)
-        except ArgumentError:
-            raise ValueError("not a database URL; use sqlite:///path/to/results.db or "
-                             "postgresql+psycopg://user@host/db") from None
-        return v
+            return storage_url(v)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Sweep":

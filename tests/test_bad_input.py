@@ -111,7 +111,7 @@ CASES = [
     field("name", ".", "name: '.' cannot name folders and database rows"),
     field("name", "../escape", "name: '../escape' cannot name folders"),
     field("name", 7, "name: Input should be a valid string, got 7"),
-    field("storage", "results.db", "storage: not a database URL; use sqlite:///"),
+    field("storage", "sqlite://results.db", "storage: results store 'sqlite://results.db' is not a SQLite URL"),
     field("workers", 0, "workers: Input should be greater than or equal to 1, got 0"),
     field("workers", 9, "workers (9) must be ≤ search.num_samples (4)"),
     field("workers", True, "workers: Input should be a valid integer, got True"),
@@ -257,8 +257,9 @@ CASES = [
                                                         "results database"), id="best-foreign-db"),
     C("best", "--storage", "{url}", db="dir", says="wconv best: results store 'sqlite:///{db}' is a directory",
       id="best-dir-db"),
-    C("best", "--storage", "results.db", says=("wconv best: results store 'results.db' is not a database URL",
-                                               "use sqlite:///"), id="best-not-a-url"),
+    C("best", "--storage", "postgresql://me@host:port/db", says=("wconv best: argument --storage: results store "
+                                                                  "'postgresql://me@host:port/db' is not a database URL",
+                                                                  "use a file path, sqlite:///"), id="best-not-a-url"),
     C("best", "--storage", "{url}", "--kernel", "4", says="wconv best: argument --kernel: 4 is not a kernel size",
       id="best-even-kernel"),
     C("best", "--storage", "{url}", "--kernel", "three", says="wconv best: argument --kernel: 'three' is not an",
@@ -310,6 +311,22 @@ CASES = [
     C("frobnicate", says="wconv: argument command: invalid choice: 'frobnicate'", id="unknown-command"),
     C(says="wconv: the following arguments are required: command", id="no-command"),
     C("validate", says="wconv validate: the following arguments are required: sweep", id="validate-no-file"),
+
+    # -- naming the store and the sweep: one normalising function, one line everywhere ----------------------
+    V("--storage", "sqlite://rel.db", command="run", sub=True, id="run-two-slash-sqlite",
+      says=("wconv run: argument --storage: results store 'sqlite://rel.db' is not a SQLite URL", "sqlite:///rel.db")),
+    *[C(*argv, "--storage", "sqlite://rel.db", id=f"{argv[0]}-two-slash-sqlite",
+        says=(f"wconv {argv[0]}: argument --storage: results store 'sqlite://rel.db' is not a SQLite URL",))
+      for argv in (("best",), ("report", "t"), ("status", "t"), ("cancel", "t"), ("confirm", "t", "--seeds", "2"),
+                   ("submit", "s.yaml", "--cluster", "c.yaml"))],
+    C("best", says="wconv best: no results yet at 'sqlite:///{tmp}/results/wconv.db'", id="best-names-the-absolute-path"),
+    C("best", "--storage", "results.db", says="wconv best: no results yet at 'sqlite:///{tmp}/results.db'",
+      id="best-plain-path-missing"),
+    C("confirm", "nope", "--seeds", "3", "--storage", "{db}", db="wconv", id="confirm-unrecorded-name",
+      says=("wconv confirm: 'nope' is neither a sweep file nor a sweep recorded in sqlite:///{db}",
+            "the sweeps it records: none yet")),
+    C("confirm", "nope", "--seeds", "3", "--storage", "{db}", id="confirm-name-no-db",
+      says="wconv confirm: no results yet at 'sqlite:///{db}'"),
 ]
 
 

@@ -1,5 +1,5 @@
 """`wconv confirm` for real: a searched cell's α against α = 1 (and the init-scale control) on fresh paired seeds,
-through the local launcher, killed and run again, and its statistics against scipy."""
+through the local launcher, killed and run again (by the sweep's name), and its statistics against scipy."""
 
 from __future__ import annotations
 
@@ -40,15 +40,19 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     path = tmp_path / "conf.yaml"
     path.write_text(yaml.safe_dump(spec))
     runs = ["--runs-dir", str(tmp_path / "runs")]
-    search = _wconv("run", str(path), *runs, cwd=tmp_path)
+    # The store as a plain path (a SQLite file, relative to the working directory): the same file as the spec's.
+    search = _wconv("run", str(path), *runs, "--storage", "wconv.db", cwd=tmp_path)
     assert search.returncode == 0, search.stderr[-3000:]
     store = Store(spec["storage"])
     unconfirmed = json.loads(_wconv("best", "--sweep", "conf", "--by", "model", "--format", "json", "--storage",
                                     spec["storage"], cwd=tmp_path).stdout)
     assert unconfirmed[0]["verdict"] == "unconfirmed"
     chosen = unconfirmed[0]["best_alpha"]
+    # A search whose α did not beat α = 1 has nothing to confirm by default (its best is α = 1): name one then.
+    given = [] if unconfirmed[0]["beats_baseline"] else ["--alpha", "0.8"]
+    chosen = chosen if not given else [0.8]
 
-    args = ["confirm", str(path), "--seeds", str(SEEDS), "--control", "init-scale", *runs]
+    args = ["confirm", str(path), "--seeds", str(SEEDS), "--control", "init-scale", *given, *runs]
     first = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path, start_new_session=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -61,7 +65,8 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     assert first.poll() is None, "the confirmation ended before it could be killed"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    again = _wconv(*args, cwd=tmp_path)
+    # Run again by the sweep's name, as best and report take it: the store recorded its validated spec.
+    again = _wconv("confirm", "conf", *args[2:], "--storage", "wconv.db", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
 
     confirm = store.trials(sweep="conf", stage="confirm")

@@ -71,12 +71,59 @@ def test_best_alpha_in_min_mode_is_the_lowest_and_improvement_is_positive_when_b
     assert row["difference"] == pytest.approx(-0.10) and row["improvement"] == pytest.approx(0.10)
 
 
-def test_improvement_is_negative_when_the_baseline_wins(store):
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+@pytest.mark.parametrize("by", ["cell", "model"])
+def test_when_no_alpha_beats_alpha_one_the_best_is_alpha_one_and_says_so(store, by, fmt):
+    """The day-one report: "best α 1.05 … best 18.86 … α = 1 19.41 … improvement -0.5554" (a worse α shown as
+    the best); and a tie with α = 1 broken in the density's favour. Neither is a best α."""
+    store.record_sweep("worse", task="denoising", metric="val_psnr", mode="max", spec={})
+    _trial(store, "worse", "b", alpha=[1.0], baseline=True, val_psnr=19.41)
+    _trial(store, "worse", "t1", alpha=[1.05], val_psnr=18.86)
+    _trial(store, "worse", "t2", alpha=[0.6], val_psnr=17.0)
+    store.record_sweep("tie", task="classification", metric="val_acc", mode="max", spec={})
+    _trial(store, "tie", "b", alpha=[1.0], baseline=True, val_acc=0.9861)
+    _trial(store, "tie", "t1", alpha=[1.05], val_acc=0.9861)
+    rows = {r["sweep"]: r for r in best_alpha(store, by=by).to_dict("records")}
+    for sweep, tried, gain in (("worse", [1.05], -0.55), ("tie", [1.05], 0.0)):
+        row = rows[sweep]
+        assert row["best_alpha"] == [1.0] and row["beats_baseline"] is False, row
+        assert row["best_value"] == pytest.approx(row["baseline_value"]) and row["improvement"] == pytest.approx(0)
+        assert row["note"] == f"no α beat α = 1 (best tried 1.05: {gain:+.4g} against α = 1)"
+    if by == "cell":
+        assert rows["worse"]["best_trial"] == "b"
+    text = format_table(best_alpha(store, by=by), fmt)
+    parsed = json.loads(text) if fmt == "json" else list(csv.DictReader(io.StringIO(text)))
+    for row in parsed:
+        assert json.loads(row["best_alpha"]) == [1.0] if fmt == "csv" else row["best_alpha"] == [1.0]
+        assert "no α beat α = 1" in row["note"]
+    table = format_table(best_alpha(store, by=by), "table")
+    assert "1.05" in table and "1.00" in table and "-0.5554" not in table
+
+
+def test_an_alpha_that_beats_alpha_one_is_the_best_and_carries_no_note(store):
     store.record_sweep("acc", task="classification", metric="val_acc", mode="max", spec={})
-    _trial(store, "acc", "b", alpha=[1.0], baseline=True, val_acc=0.95)
-    _trial(store, "acc", "t1", alpha=[0.8], val_acc=0.90)
+    _trial(store, "acc", "b", alpha=[1.0], baseline=True, val_acc=0.90)
+    _trial(store, "acc", "t1", alpha=[0.8], val_acc=0.9001)
     (row,) = best_alpha(store).to_dict("records")
-    assert row["best_trial"] == "t1" and row["improvement"] == pytest.approx(-0.05)
+    assert row["best_alpha"] == [0.8] and row["beats_baseline"] is True and row["note"] is None
+
+
+@pytest.mark.parametrize("by", ["cell", "model"])
+def test_a_sweep_with_trials_but_none_finished_does_not_break_the_others(store, by):
+    """The day-one crash: one sweep interrupted (or still running) before its first trial finished made every
+    `wconv best` a TypeError."""
+    store.record_sweep("acc", task="classification", metric="val_acc", mode="max", spec={})
+    _trial(store, "acc", "b", alpha=[1.0], baseline=True, val_acc=0.90)
+    _trial(store, "acc", "t1", alpha=[0.8], val_acc=0.95)
+    store.record_sweep("early", task="classification", metric="val_acc", mode="max", spec={})
+    store.record_trial("early", "b", cell="tiny_cnn-k3-s0", model="tiny_cnn", kernel_size=3, seed=0, alpha=[1.0],
+                       baseline=True, status="running")
+    store.record_trial("early", "t1", cell="tiny_cnn-k3-s0", model="tiny_cnn", kernel_size=3, seed=0, alpha=[0.7],
+                       status="running")
+    rows = {r["sweep"]: r for r in best_alpha(store, by=by).to_dict("records")}
+    assert rows["acc"]["best_alpha"] == [0.8]
+    assert rows["early"]["best_alpha"] is None and rows["early"]["note"] == "no finished trial yet (2 running)"
+    assert "no finished trial yet" in format_table(best_alpha(store, sweep="early", by=by))
 
 
 def test_unfinished_or_missing_baseline_leaves_baseline_and_differences_empty(store):

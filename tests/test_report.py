@@ -253,3 +253,65 @@ def test_checkpoints_missing_here_skip_the_examples_and_say_why(smoke_db, tmp_pa
     assert not (tmp_path / "r" / "figures" / "examples_tiny_denoiser_k5.png").exists()
     html = (tmp_path / "r" / "index.html").read_text()
     assert "Not rendered: checkpoint /scratch/gone/" in html and "figures/alpha_tiny_denoiser_k5.png" in html
+
+
+# -- every kernel size drawn whole; no α better than α = 1 said the same way everywhere --------------------------
+
+
+def _synthetic(db: Path, sweep: str, kernel: int, trials: list[tuple], seeds=(0,)) -> None:
+    """A classification sweep of hand-made trials: (trial id suffix, α, baseline, val_accuracy) per seed."""
+    n = (kernel - 1) // 2
+    with Store(f"sqlite:///{db}") as store:
+        store.record_sweep(sweep, task="classification", metric="val_accuracy", mode="max",
+                           spec={"kernels": {str(kernel): [[0.1, 1.5]] * n}, "training": {"epochs": 2}})
+        for seed in seeds:
+            for suffix, alpha, baseline, value in trials:
+                store.record_trial(sweep, f"s{seed}/{suffix}", cell=f"tiny_cnn-k{kernel}-s{seed}", model="tiny_cnn",
+                                   kernel_size=kernel, seed=seed, alpha=alpha, baseline=baseline, status="completed",
+                                   epochs_run=2, metrics={"val_accuracy": value + 0.01 * seed,
+                                                          "test_accuracy": value})
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7, 9])
+def test_every_kernel_size_is_drawn_with_all_its_coefficients(tmp_path, kernel):
+    from analysis import figures
+    from analysis.frames import load
+
+    n = (kernel - 1) // 2
+    alphas = [[0.2 + 0.1 * i + 0.3 * j for j in range(n)] for i in range(3)]
+    _synthetic(tmp_path / "r.db", "k", kernel, [("b", [1.0] * n, True, 0.80)]
+               + [(f"t{i}", a, False, 0.81 + 0.01 * i) for i, a in enumerate(alphas)], seeds=(0, 1))
+    frames = load(f"sqlite:///{tmp_path / 'r.db'}", sweep="k")
+    (plot,) = [p for p in figures.plots(frames, frames.sweep("k")) if p.name.startswith("alpha_")]
+    if n >= 3:
+        assert ", ".join(f"α{i}" for i in range(1, n + 1)) in plot.title
+    fig = plot.draw()
+    label = figures.density_label(n)
+    assert label.count("α") == 2 * n and label.count("1") >= 1
+    text = " ".join([fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_xlabel() for ax in fig.axes]
+                    + [plot.caption])
+    if n >= 2:
+        assert label in text, text
+    else:
+        assert "(α1, 1, α1)" in text
+    if n >= 3:  # one panel per coefficient and seed, each holding that coefficient's values
+        panels = [ax for ax in fig.axes if ax.get_xlabel()]
+        assert len(panels) == 2 * n
+        for j in range(n):
+            xs = {round(float(x), 6) for ax in panels if ax.get_xlabel().startswith(f"α{j + 1}")
+                  for c in ax.collections for x in c.get_offsets()[:, 0]}
+            assert {round(a[j], 6) for a in alphas} <= xs, (j, xs)
+
+
+def test_no_alpha_better_than_alpha_one_reads_the_same_in_best_and_in_the_report(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    _synthetic(db, "worse", 3, [("b", [1.0], True, 0.9), ("t1", [1.05], False, 0.85), ("t2", [0.7], False, 0.80)])
+    assert main(["best", "worse", "--by", "model", "--format", "json", "--storage", str(db)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["best_alpha"] == [1.0] and row["beats_baseline"] is False and "no α beat α = 1" in row["note"]
+    rc, _, err = _report(db, "worse", tmp_path / "out", capsys)
+    assert rc == 0, err
+    (report_row,) = _csv(tmp_path / "out" / "best_alpha.csv")
+    assert json.loads(report_row["best_alpha"]) == [1.0] and report_row["note"] == row["note"]
+    table = (tmp_path / "out" / "table3_classification.md").read_text()
+    assert "none better than α = 1" in table and "1.05" in table

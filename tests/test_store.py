@@ -230,8 +230,16 @@ def test_concurrent_writers_from_several_processes_lose_and_duplicate_nothing(st
 
 def test_malformed_url_raises_a_one_line_store_error():
     with pytest.raises(StoreError) as err:
-        Store("results.db")
-    assert "results.db" in str(err.value) and "\n" not in str(err.value)
+        Store("sqlite://results.db")  # two slashes: a host, not a file
+    assert "sqlite://results.db" in str(err.value) and "sqlite:///results.db" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_plain_path_is_a_sqlite_file_named_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Store("rel.db") as store:
+        store.record_sweep("s", task="classification", metric="val_accuracy", mode="max", spec={})
+    assert (tmp_path / "rel.db").is_file() and repr(Store("./rel.db", create=False)) == f"Store('sqlite:///{tmp_path}/rel.db')"
 
 
 def test_unsupported_backend_raises_a_store_error_with_the_password_masked():
