@@ -310,6 +310,14 @@ CASES = [
     C("frobnicate", says="wconv: argument command: invalid choice: 'frobnicate'", id="unknown-command"),
     C(says="wconv: the following arguments are required: command", id="no-command"),
     C("validate", says="wconv validate: the following arguments are required: sweep", id="validate-no-file"),
+
+    # -- data prepare --from: refused before anything is made ---------------------------------------------
+    C("data", "prepare", "cifar100", "--root", "{tmp}/data", "--from", "{tmp}/nowhere.tar.gz",
+      says="wconv data: --from {tmp}/nowhere.tar.gz: no such file or folder", id="data-from-missing"),
+    C("data", "prepare", "div2k", "--root", "{tmp}/data", "--from", "{db}", db="text",
+      says="wconv data: --from {db}: not an archive of div2k (its archives are", id="data-from-not-an-archive"),
+    C("data", "check", "cifar100", "--root", "{tmp}", "--from", "{tmp}", says="wconv data: --from gives archives to",
+      id="data-check-from"),
 ]
 
 
