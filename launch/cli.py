@@ -109,9 +109,19 @@ def _cmd_report(args) -> None:
 def _cmd_data(args) -> None:
     from wconv import data
 
-    if args.action == "prepare":
-        path = data.prepare(args.name, args.root)
-        print(f"{args.name}: downloaded and verified in {path}")
+    if args.sources and args.action != "prepare":
+        raise data.DatasetError("--from gives archives to `wconv data prepare`; `check` reads only --root")
+    if args.name in data.BUNDLED:  # checked (it must load), but it has no folder: --root is not used
+        if args.sources:
+            raise data.DatasetError(f"{args.name} is bundled with {data.BUNDLED[args.name]}: it has no archive; "
+                                    "drop --from")
+        data.check(args.name)
+        print(f"{args.name}: bundled with {data.BUNDLED[args.name]} and readable; it needs no folder "
+              f"(--root {args.root} is not used)" + ("; nothing to prepare" if args.action == "prepare" else ""))
+    elif args.action == "prepare":
+        for staged in data.prepare(args.name, args.root, args.sources):
+            came = f"from {staged.source}, " if staged.source else ""
+            print(f"{args.name}: {staged.folder} ready ({staged.archive}: {came}{staged.verified})")
     else:
         data.check(args.name, args.root)
         print(f"{args.name}: complete and verified in {args.root}")
@@ -328,9 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="stage datasets for offline compute nodes")
     p.add_argument("action", choices=["prepare", "check"],
-                   help="prepare: download (or unpack) and verify; check: verify what is already there")
-    p.add_argument("name", help="cifar100 or div2k")
-    p.add_argument("--root", required=True, help="dataset folder")
+                   help="prepare: download (or take --from) the official archives, verify, extract; check: verify")
+    p.add_argument("name", help="cifar100 or div2k (digits and natural are bundled: nothing to prepare)")
+    p.add_argument("--root", required=True, help="dataset folder (e.g. on the shared filesystem)")
+    p.add_argument("--from", dest="sources", action="append", type=Path, metavar="ARCHIVE",
+                   help="an official archive already downloaded (e.g. cifar-100-python.tar.gz), or a folder "
+                        "holding them; repeat for several; nothing is downloaded then")
     p.set_defaults(func=_cmd_data)
     return parser
 

@@ -1,4 +1,5 @@
-"""Tiny dataset files in the official formats (CIFAR-100 python pickles, DIV2K HR PNG folders).
+"""Tiny dataset files in the official formats (CIFAR-100 python pickles, DIV2K HR PNG folders), and the
+official archives that hold them (cifar-100-python.tar.gz, DIV2K_train_HR.zip / DIV2K_valid_HR.zip).
 
 Used by the tests and by benchmarks/throughput.py, which needs full-size stand-ins.
 """
@@ -7,6 +8,9 @@ from __future__ import annotations
 
 import pickle
 import struct
+import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +77,28 @@ def write_div2k(root: Path, n_train: int = 5, n_valid: int = 2, size=(96, 80), s
                 pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / folder / f"{i:04d}.png")
     return root
+
+
+def write_cifar100_archive(folder: Path, **options) -> Path:
+    """folder/cifar-100-python.tar.gz laid out as the official one: a gzipped tar of the cifar-100-python
+    folder of ``write_cifar100(**options)``."""
+    path = folder / "cifar-100-python.tar.gz"
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(write_cifar100(Path(tmp), **options), arcname="cifar-100-python")
+    return path
+
+
+def write_div2k_archives(folder: Path, **options) -> list[Path]:
+    """folder/DIV2K_train_HR.zip and folder/DIV2K_valid_HR.zip laid out as the official ones: each a zip of
+    its folder (``DIV2K_train_HR/0001.png``…) of ``write_div2k(**options)``."""
+    paths = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_div2k(Path(tmp), **options)
+        for name in ("DIV2K_train_HR", "DIV2K_valid_HR"):
+            paths.append(folder / f"{name}.zip")
+            with zipfile.ZipFile(paths[-1], "w", zipfile.ZIP_DEFLATED) as z:
+                z.write(root / name, name)
+                for png in sorted((root / name).iterdir()):
+                    z.write(png, f"{name}/{png.name}")
+    return paths

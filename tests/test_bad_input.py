@@ -327,6 +327,13 @@ CASES = [
             "the sweeps it records: none yet")),
     C("confirm", "nope", "--seeds", "3", "--storage", "{db}", id="confirm-name-no-db",
       says="wconv confirm: no results yet at 'sqlite:///{db}'"),
+    # -- data prepare --from: refused before anything is made ---------------------------------------------
+    C("data", "prepare", "cifar100", "--root", "{tmp}/data", "--from", "{tmp}/nowhere.tar.gz",
+      says="wconv data: --from {tmp}/nowhere.tar.gz: no such file or folder", id="data-from-missing"),
+    C("data", "prepare", "div2k", "--root", "{tmp}/data", "--from", "{db}", db="text",
+      says="wconv data: --from {db}: not an archive of div2k (its archives are", id="data-from-not-an-archive"),
+    C("data", "check", "cifar100", "--root", "{tmp}", "--from", "{tmp}", says="wconv data: --from gives archives to",
+      id="data-check-from"),
 ]
 
 

@@ -4,9 +4,11 @@
     for x, y in data.train.batches(128, generator=torch.Generator().manual_seed(seed)):
         ...
 
-``DATASETS`` maps each name to its task. Nothing here downloads except ``prepare``; ``load``
-runs ``check`` first, so a missing or damaged dataset is one ``DatasetError`` line naming the
-path and the fix, before any training starts. ``root`` defaults to ``$WCONV_DATA``, else ``./data``.
+``DATASETS`` maps each name to its task. Nothing here downloads except ``prepare``, which stages
+CIFAR-100 and DIV2K from their official archives, downloaded or given (``sources``; see
+``wconv.data.stage``); ``load`` runs ``check`` first, so a missing or damaged dataset is one
+``DatasetError`` line naming the path and the fix, before any training starts. ``root`` defaults
+to ``$WCONV_DATA``, else ``./data``; the bundled datasets (``BUNDLED``) need none.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from wconv.data.split import Split
+from wconv.data.stage import Staged
 from wconv.data.task import DatasetError, TaskData
 from wconv.metrics import MIN_IMAGE_SIZE
 
@@ -28,9 +31,12 @@ DATASETS = {
     "cifar100": "classification",
     "div2k": "denoising",
 }
-"""Dataset name -> task: digits and natural are bundled with scikit-learn / scikit-image."""
+"""Dataset name -> task."""
+BUNDLED = {"digits": "scikit-learn", "natural": "scikit-image"}
+"""Dataset name -> the package it ships inside (no folder, nothing to prepare)."""
 
-__all__ = ["DATASETS", "DatasetError", "Split", "TaskData", "check", "check_options", "load", "options", "prepare"]
+__all__ = ["BUNDLED", "DATASETS", "DatasetError", "Split", "Staged", "TaskData", "check", "check_options", "load",
+           "options", "prepare"]
 
 
 def _root(root: str | Path | None) -> Path:
@@ -91,15 +97,18 @@ def check(name: str, root: str | Path | None = None, *, verify: bool = True) -> 
         module.check()
 
 
-def prepare(name: str, root: str | Path | None = None) -> Path:
-    """Download (needs network) and verify ``name`` under ``root``; return the dataset's folder.
-    The bundled datasets are only checked."""
-    root = _root(root)
-    if name in _STAGED:
-        return _module(name).prepare(root)
-    check(name, root)
-    return root
+def prepare(name: str, root: str | Path | None = None, sources: list[str | Path] | None = None) -> list[Staged]:
+    """Stage ``name`` under ``root`` from its official archives and verify it; say what was done, per archive.
 
+    The archives are downloaded (needs network) unless ``sources`` gives them: archive files under their
+    official names, or folders holding them. What is already in place and verified is kept. The bundled
+    datasets are only checked (``[]``).
+    """
+    module = _module(name)
+    if name not in _STAGED:
+        module.check()
+        return []
+    return module.prepare(_root(root), None if sources is None else [Path(s) for s in sources])
 
 
 

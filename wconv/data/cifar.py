@@ -18,6 +18,7 @@ from torchvision.datasets import CIFAR100
 from torchvision.datasets.utils import check_integrity
 
 from wconv.data.split import SPLIT_SEED, LabelledImages, stratified_holdout
+from wconv.data.stage import Archive, Staged, official, stage
 from wconv.data.task import DatasetError, TaskData, prepare_hint
 
 NAME = "cifar100"
@@ -27,11 +28,14 @@ STD = (0.2673, 0.2564, 0.2762)
 """Per-channel mean and std of the 50,000 official training images in [0, 1]."""
 CROP_PADDING = 4
 
-# Official file name -> (md5, keys the file must hold), from torchvision's own list.
-_FILES = {
-    **{name: (md5, ("data", "fine_labels")) for name, md5 in CIFAR100.train_list + CIFAR100.test_list},
-    CIFAR100.meta["filename"]: (CIFAR100.meta["md5"], (CIFAR100.meta["key"],)),
+OFFICIAL = {
+    "archives": {CIFAR100.filename: {"url": CIFAR100.url, "md5": CIFAR100.tgz_md5}},
+    "files": {**dict(CIFAR100.train_list + CIFAR100.test_list), CIFAR100.meta["filename"]: CIFAR100.meta["md5"]},
 }
+"""The official archive (URL, md5) and the md5 of each file it holds, from torchvision's own lists."""
+_KEYS = {"train": ("data", "fine_labels"), "test": ("data", "fine_labels"), CIFAR100.meta["filename"]:
+         (CIFAR100.meta["key"],)}
+"""Official file -> the entries it must hold."""
 
 
 class _UncheckedCIFAR100(CIFAR100):
@@ -48,39 +52,50 @@ class _UncheckedCIFAR100(CIFAR100):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-def check(root: Path, *, verify: bool = True) -> None:
-    """Raise DatasetError unless root/cifar-100-python holds the three official files: matching the
-    official md5 (``verify``) or at least unpickling to the official keys (``verify=False``)."""
-    folder = root / FOLDER
-    fix = prepare_hint(NAME, root)
-    if not folder.is_dir():
-        raise DatasetError(f"CIFAR-100 folder {folder} not found: {fix}")
-    for name, (md5, keys) in _FILES.items():
+def archives() -> list[Archive]:
+    facts = official(NAME, OFFICIAL)
+    return [Archive(filename, entry["url"], entry["md5"], FOLDER, f"{'/'.join(_KEYS)} md5s verified")
+            for filename, entry in facts["archives"].items()]
+
+
+def problem(folder: Path, verify: bool = True) -> tuple[Path, str] | None:
+    """What is wrong with a cifar-100-python folder: (the file, what), or None. ``verify`` compares the
+    official md5s; otherwise each file must unpickle to the official entries."""
+    md5s = official(NAME, OFFICIAL)["files"] if verify else {}
+    for name, keys in _KEYS.items():
         path = folder / name
         if not path.is_file():
-            raise DatasetError(f"CIFAR-100 file {path} is missing: {fix}")
+            return path, "is missing"
         if verify:
-            if not check_integrity(path, md5):
-                raise DatasetError(f"CIFAR-100 file {path} is corrupt (md5 differs from the official {md5}): "
-                                   f"delete {folder} and {fix}")
+            if not check_integrity(path, md5s[name]):
+                return path, f"is corrupt (md5 differs from the official {md5s[name]})"
             continue
         try:
             with open(path, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
             missing = [k for k in keys if k not in entry]
         except Exception as e:
-            raise DatasetError(f"CIFAR-100 file {path} is corrupt (cannot unpickle: {type(e).__name__}): "
-                               f"delete {folder} and {fix}") from None
+            return path, f"is corrupt (cannot unpickle: {type(e).__name__})"
         if missing:
-            raise DatasetError(f"CIFAR-100 file {path} is corrupt (no {', '.join(missing)} entry): "
-                               f"delete {folder} and {fix}")
+            return path, f"is corrupt (no {', '.join(missing)} entry)"
+    return None
 
 
-def prepare(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    CIFAR100(root, train=True, download=True)  # downloads, checks the archive's md5, extracts
-    check(root, verify=True)
-    return root / FOLDER
+def check(root: Path, *, verify: bool = True) -> None:
+    """Raise DatasetError unless root/cifar-100-python holds the three official files: matching the
+    official md5 (``verify``) or at least unpickling to the official entries (``verify=False``)."""
+    folder = root / FOLDER
+    fix = prepare_hint(NAME, root)
+    if not folder.is_dir():
+        raise DatasetError(f"CIFAR-100 folder {folder} not found: {fix}")
+    found = problem(folder, verify)
+    if found:
+        path, what = found
+        raise DatasetError(f"CIFAR-100 file {path} {what}: delete {folder} and {fix}")
+
+
+def prepare(root: Path, sources: list[Path] | None = None) -> list[Staged]:
+    return stage(NAME, root, archives(), lambda folder, archive, decode: problem(folder), sources)
 
 
 def _read(root: Path, train: bool, verify: bool) -> tuple[torch.Tensor, np.ndarray]:

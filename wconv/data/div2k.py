@@ -21,12 +21,16 @@ import torch
 from PIL import Image
 
 from wconv.data.split import NOISE_SEEDS, SPLIT_SEED, NoisyPatches, NoisyTiles, stratified_holdout, tiles
+from wconv.data.stage import Archive, Staged, official, stage
 from wconv.data.task import DatasetError, TaskData, prepare_hint
 
 NAME = "div2k"
-FOLDERS = {"DIV2K_train_HR": 800, "DIV2K_valid_HR": 100}
-"""Official folder -> number of PNGs it holds."""
-URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/{folder}.zip"
+OFFICIAL = {
+    "archives": {f"{folder}.zip": {"url": f"https://data.vision.ee.ethz.ch/cvl/DIV2K/{folder}.zip", "md5": None}
+                 for folder in ("DIV2K_train_HR", "DIV2K_valid_HR")},
+    "counts": {"DIV2K_train_HR": 800, "DIV2K_valid_HR": 100},
+}
+"""The official archives (the site publishes no checksums) and the number of PNGs in each one's folder."""
 PATCH_SIZE = 64
 PATCHES_PER_IMAGE = 16
 TILES_PER_IMAGE = 32
@@ -36,37 +40,61 @@ def _pngs(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
+def archives() -> list[Archive]:
+    facts = official(NAME, OFFICIAL)
+    return [Archive(filename, entry["url"], entry["md5"], Path(filename).stem,
+                    f"{facts['counts'][Path(filename).stem]} PNGs, each decoded")
+            for filename, entry in facts["archives"].items()]
+
+
+def problem(folder: Path, verify: bool = True, decode: bool = False) -> tuple[Path, str] | None:
+    """What is wrong with a DIV2K HR folder: (the folder or an image, what), or None. It must hold the
+    official number of PNGs (``verify``; at least one otherwise), each passing PIL's verify (structure and
+    chunk CRCs) and, with ``decode``, decoding in full."""
+    count = official(NAME, OFFICIAL)["counts"][folder.name]
+    pngs = _pngs(folder)
+    if (verify and len(pngs) != count) or not pngs:
+        return folder, f"holds {len(pngs)} PNG files, expected {count}"
+    with ThreadPoolExecutor(_workers(len(pngs))) as pool:  # PIL releases the GIL while decoding
+        for path, error in zip(pngs, pool.map(lambda path: _damage(path, decode), pngs)):
+            if error:
+                return path, f"is corrupt ({error})"
+    return None
+
+
+def _damage(path: Path, decode: bool) -> str | None:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        if decode:
+            with Image.open(path) as im:
+                im.load()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def check(root: Path, *, verify: bool = True) -> None:
-    """Raise DatasetError unless both folders exist, hold the official number of PNGs (``verify``;
-    at least one otherwise) and every PNG passes PIL's verify (structure and chunk CRCs)."""
+    """Raise DatasetError unless both folders exist and pass ``problem``."""
     fix = prepare_hint(NAME, root)
-    for name, count in FOLDERS.items():
+    for name in official(NAME, OFFICIAL)["counts"]:
         folder = root / name
         if not folder.is_dir():
             raise DatasetError(f"DIV2K folder {folder} not found: {fix}")
-        pngs = _pngs(folder)
-        if (verify and len(pngs) != count) or not pngs:
-            raise DatasetError(f"DIV2K folder {folder} holds {len(pngs)} PNG files, expected {count}: "
-                               f"delete it and {fix}")
-        for path in pngs:
-            try:
-                with Image.open(path) as im:
-                    im.verify()
-            except Exception as e:
-                raise DatasetError(f"DIV2K image {path} is corrupt ({type(e).__name__}: {e}): "
-                                   f"delete {folder} and {fix}") from None
+        found = problem(folder, verify)
+        if found:
+            path, what = found
+            kind = "folder" if path == folder else "image"
+            raise DatasetError(f"DIV2K {kind} {path} {what}: delete {folder} and {fix}")
 
 
-def prepare(root: Path) -> Path:
-    from torchvision.datasets.utils import download_and_extract_archive
+def prepare(root: Path, sources: list[Path] | None = None) -> list[Staged]:
+    return stage(NAME, root, archives(), lambda folder, archive, decode: problem(folder, True, decode), sources)
 
-    root.mkdir(parents=True, exist_ok=True)
-    for name, count in FOLDERS.items():
-        if len(_pngs(root / name)) != count:
-            # The site publishes no checksums; check() below is the verification.
-            download_and_extract_archive(URL.format(folder=name), download_root=root, remove_finished=True)
-    check(root, verify=True)
-    return root
+
+def _workers(n: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n, cpus, 16))
 
 
 def _decode(path: Path) -> torch.Tensor:
@@ -81,9 +109,7 @@ def _decode(path: Path) -> torch.Tensor:
 
 def _decode_all(paths: list[Path], patch_size: int) -> list[torch.Tensor]:
     # PIL releases the GIL while decoding: threads decode in parallel without extra processes.
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, min(len(paths), cpus, 16))
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(_workers(len(paths))) as pool:
         images = list(pool.map(_decode, paths))
     for path, img in zip(paths, images):
         if min(img.shape[-2:]) < patch_size:

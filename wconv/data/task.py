@@ -13,7 +13,7 @@ class DatasetError(Exception):
 
 
 def prepare_hint(name: str, root: Path) -> str:
-    return f"run `wconv data prepare {name} --root {root}` on a machine with network"
+    return f"run `wconv data prepare {name} --root {root}` (it downloads; without network, add --from ARCHIVE)"
 
 
 @dataclass
