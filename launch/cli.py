@@ -306,10 +306,11 @@ def _user_errors() -> tuple[type, ...]:
     from launch.cell import SweepChanged
     from launch.launcher import ResourceError, SubmitError
     from launch.lease import LeaseHeld
+    from wconv.checkpoint import UnsafeCheckpoint
     from wconv.data import DatasetError
 
     return (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged, SubmitError, ResultsError,
-            ReportFolderError)
+            ReportFolderError, UnsafeCheckpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
