@@ -132,8 +132,9 @@ def _cmd_confirm(args) -> None:
     launcher = None
     if args.cluster:
         from launch.profile import load_profile
-        from launch.slurm import SlurmLauncher, require_slurm
+        from launch.slurm import SlurmLauncher, refuse_password, require_slurm
 
+        refuse_password(sweep.storage)
         require_slurm()
         launcher = SlurmLauncher(load_profile(args.cluster), Path(args.runs_dir).resolve() / sweep.name / "slurm",
                                  args.account)

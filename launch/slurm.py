@@ -11,6 +11,10 @@ ahead) is checkpointed by submitit (``CellJob.checkpoint``) and requeued; a task
 (``scontrol requeue``, a node failure) restarts from scratch. Either way the restarted task is the
 same lease holder (its owner name is the array job and task id), takes its lease back at once and
 continues its unfinished trials from their last per-epoch checkpoints; finished trials are in the store.
+
+Passwords: an array task's arguments are a pickle in the runs folder, so a storage URL that holds a
+password is refused (``refuse_password``): a compute node's libpq finds it in ``~/.pgpass`` (or the file
+``PGPASSFILE`` names) instead.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from analysis.store import Store
 from launch.cell import cell_finished, prepare_sweep
 from launch.launcher import ResourceError, SubmitError, Task, plan_tasks
 from launch.profile import ClusterProfile
-from launch.spec import Sweep
+from launch.spec import Sweep, without_password
 
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
           "REQUEUE_FED")
@@ -55,6 +59,18 @@ class SlurmHandle:
 
     def state(self) -> str:
         return job_states([self.job_id]).get(self.job_id, "UNKNOWN")
+
+
+def refuse_password(storage: str) -> None:
+    """SubmitError if the storage URL holds a password: it would travel in every array task's pickled arguments."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.password is not None:
+        raise SubmitError(f"storage {url.render_as_string(hide_password=True)!r}: a password inside the URL would "
+                          "be written into every array task's pickled arguments in the runs folder; give the URL "
+                          f"without it ({without_password(storage)}) and put the password in ~/.pgpass on the "
+                          "cluster (a line HOST:PORT:DB:USER:PASSWORD, chmod 600), or in the file PGPASSFILE names")
 
 
 def require_slurm() -> None:
@@ -109,6 +125,8 @@ class SlurmLauncher:
         return executor
 
     def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[SlurmHandle]:
+        for storage in {sweep.storage, *(t.sweep.storage for t in tasks)}:
+            refuse_password(storage)
         jobs = self.executor(tasks).submit_array([CellJob(t) for t in tasks])
         return [SlurmHandle(job.job_id, task, job) for job, task in zip(jobs, tasks)]
 
@@ -206,6 +224,8 @@ def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *,
     or nothing to do)."""
     workers = workers or sweep.workers
     refused = _Refusals(dry_run, out)
+    with refused:
+        refuse_password(sweep.storage)
     if not dry_run:
         require_slurm()
     with refused:
