@@ -14,11 +14,13 @@ continues its unfinished trials from their last per-epoch checkpoints; finished 
 
 Passwords: an array task's arguments are a pickle in the runs folder, so a storage URL that holds a
 password is refused (``refuse_password``): a compute node's libpq finds it in ``~/.pgpass`` (or the file
-``PGPASSFILE`` names) instead.
+``PGPASSFILE`` names) instead. The submission's files, and through sbatch's umask the tasks' logs and
+files, are their owner's alone (``launch.launcher.owner_only``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,7 @@ import submitit
 
 from analysis.store import Store
 from launch.cell import cell_finished, prepare_sweep
-from launch.launcher import ResourceError, SubmitError, Task, plan_tasks
+from launch.launcher import OWNER_ONLY_UMASK, ResourceError, SubmitError, Task, owner_only, plan_tasks
 from launch.profile import ClusterProfile
 from launch.spec import Sweep, without_password
 
@@ -48,6 +50,8 @@ class CellJob(submitit.helpers.Checkpointable):
     def __call__(self) -> bool:
         from launch.runner import run_task  # on the compute node: Ray and torch are imported there only
 
+        # For the whole process, not only run_task: submitit pickles the result (and a requeue's state) after it.
+        os.umask(os.umask(OWNER_ONLY_UMASK) | OWNER_ONLY_UMASK)
         return run_task(self.task, position=f"task {self.task.name}")
 
 
@@ -127,7 +131,8 @@ class SlurmLauncher:
     def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[SlurmHandle]:
         for storage in {sweep.storage, *(t.sweep.storage for t in tasks)}:
             refuse_password(storage)
-        jobs = self.executor(tasks).submit_array([CellJob(t) for t in tasks])
+        with owner_only():  # submitit writes the pickles and the sbatch script; SLURM starts the tasks with this umask
+            jobs = self.executor(tasks).submit_array([CellJob(t) for t in tasks])
         return [SlurmHandle(job.job_id, task, job) for job, task in zip(jobs, tasks)]
 
     def status(self, handles: Sequence[SlurmHandle]) -> list[str]:
