@@ -87,7 +87,7 @@ def _cmd_best(args) -> None:
     with Store(args.storage, create=False) as store:
         table = best_alpha(store, sweep=args.sweep, model=args.model, kernel=args.kernel, by=args.by)
     if table.empty and args.format == "table":
-        print("no finished cell matches" + (f" (sweep {args.sweep!r})" if args.sweep else "") + f" in {args.storage}")
+        print("no finished cell matches" + (f" (sweep {args.sweep!r})" if args.sweep else "") + f" in {store!r}")
         return
     print(format_table(table, args.format), end="")
 
