@@ -516,14 +516,13 @@ def _label_matrix(ax, shown: np.ndarray, counts: np.ndarray | None) -> None:
 
 def _load_model(checkpoint: str | None):
     """The model of a trial's checkpoint (its best epoch's weights) and its test split, on the CPU."""
-    import torch
-
+    from wconv.checkpoint import load_checkpoint
     from wconv.train import CHECKPOINT, TrialConfig, prepare_trial
 
     path = Path(checkpoint or "") / CHECKPOINT
     if not checkpoint or not path.is_file():
         raise CheckpointMissing(f"checkpoint {path} not found")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(path, map_location="cpu")
     setup = prepare_trial(TrialConfig.from_dict(saved["config"]), "cpu")
     setup.model.load_state_dict(saved["model"])
     return setup.model.eval(), setup.data.test

@@ -419,9 +419,13 @@ class Store:
 
     def record_sweep(self, name: str, *, task: str, metric: str, mode: str, spec: dict,
                      spec_hash: str | None = None) -> None:
-        """Create or update the sweep ``name``; ``created_at`` keeps its first value."""
+        """Create or update the sweep ``name``; ``created_at`` keeps its first value. A password in the spec's
+        ``storage`` is left out: the database is no place for it."""
         if mode not in ("min", "max"):
             raise ValueError(f"sweep {name!r}: mode must be 'min' or 'max', got {mode!r}")
+        storage = make_url(spec["storage"]) if isinstance(spec.get("storage"), str) else None
+        if storage is not None and storage.password is not None:
+            spec = dict(spec, storage=storage._replace(password=None).render_as_string(hide_password=False))
         now = _now()
         values = dict(name=name, task=task, metric=metric, mode=mode, spec=_dumps(spec), spec_hash=spec_hash,
                       created_at=now, updated_at=now)

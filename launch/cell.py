@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from launch.spec import Cell, Sweep
+from launch.spec import Cell, Sweep, detach_password
 
 BASELINE_ALPHA = 1.0
 
@@ -159,13 +159,14 @@ def prepare_sweep(sweep: Sweep, runs_dir: Path | str, *, record: bool = True,
     """Everything that can be checked before a trial runs or a job is submitted, in this order:
     absolute paths (trials run in other working directories, on other nodes), the dataset, the results
     store (reachable, and this sweep's identity), then the sweep recorded in the store (``record=False``:
-    nothing is written, not even a new database).
+    nothing is written, not even a new database). A password in the storage URL leaves the sweep for this
+    process's environment (``launch.spec.detach_password``).
     Returns the sweep with absolute paths and the absolute runs folder."""
     from analysis.store import NoResults, Store
     from wconv import data
 
     runs_dir = Path(runs_dir).expanduser().resolve()
-    sweep = sweep.model_copy(update={"storage": _absolute_sqlite(sweep.storage)})
+    sweep = sweep.model_copy(update={"storage": _absolute_sqlite(detach_password(sweep.storage))})
     if sweep.dataset.root is not None:
         dataset = sweep.dataset.model_copy(update={"root": str(Path(sweep.dataset.root).expanduser().resolve())})
         sweep = sweep.model_copy(update={"dataset": dataset})

@@ -146,8 +146,9 @@ def _cmd_confirm(args) -> None:
     launcher = None
     if args.cluster:
         from launch.profile import load_profile
-        from launch.slurm import SlurmLauncher, require_slurm
+        from launch.slurm import SlurmLauncher, refuse_password, require_slurm
 
+        refuse_password(sweep.storage)
         require_slurm()
         launcher = SlurmLauncher(load_profile(args.cluster), Path(args.runs_dir).resolve() / sweep.name / "slurm",
                                  args.account)
@@ -357,10 +358,11 @@ def _user_errors() -> tuple[type, ...]:
     from launch.cell import SweepChanged
     from launch.launcher import ResourceError, SubmitError
     from launch.lease import LeaseHeld
+    from wconv.checkpoint import UnsafeCheckpoint
     from wconv.data import DatasetError
 
     return (DatasetError, StoreError, ResourceError, LeaseHeld, SweepChanged, SubmitError, ResultsError,
-            ReportFolderError)
+            ReportFolderError, UnsafeCheckpoint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,15 +4,36 @@ A sweep becomes ``Task``s — one per (cell, worker) — each a picklable unit o
 arguments alone (``launch.runner.run_task``). A launcher ``submit``s tasks and returns handles; ``status`` and
 ``cancel`` work on those handles. Everything before the last step (validation, ``prepare_sweep``,
 the task plan) is the same for every launcher.
+
+A runs folder usually sits on a filesystem that others can reach (a cluster's project space), and it holds
+pickles (a task's arguments, Ray Tune's state) and checkpoints: whoever can replace one runs code as the user
+who loads it. So everything a launcher writes there is created under ``owner_only()``: folders 0700, files 0600.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
 from launch.spec import Cell, Sweep
+
+
+OWNER_ONLY_UMASK = 0o077
+
+
+@contextlib.contextmanager
+def owner_only():
+    """Inside, files and folders this process (and every process it starts) creates are its owner's alone:
+    the umask gains ``OWNER_ONLY_UMASK`` (a stricter one stays), and is given back afterwards."""
+    before = os.umask(OWNER_ONLY_UMASK)
+    os.umask(before | OWNER_ONLY_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(before)
 
 
 class ResourceError(Exception):

@@ -28,7 +28,7 @@ from ray.tune.schedulers import FIFOScheduler
 from analysis.store import TERMINAL, Store
 from launch.cell import (alpha_of, cell_dir, key_of, record_fields, trial_config, trial_key,
                          trials_per_cell)
-from launch.launcher import ResourceError, Task
+from launch.launcher import ResourceError, Task, owner_only
 from launch.lease import LeaseKeeper
 from launch.search import CellSearch, PlannedSearch, make_scheduler, outcome
 from launch.spec import Cell, Sweep
@@ -155,7 +155,9 @@ def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: 
     def report(metrics: dict, directory: Path) -> None:
         tune.report(metrics)  # ray.train.report fails inside Tune; tune.report is the function-trainable API
 
-    run_trial(trial_config(sweep, cell, alpha, arm=arm, init_scale=scale), report, Path(trials_dir) / trial_key(alpha, arm))
+    with owner_only():  # also when this worker belongs to a Ray cluster that another process started
+        run_trial(trial_config(sweep, cell, alpha, arm=arm, init_scale=scale), report,
+                  Path(trials_dir) / trial_key(alpha, arm))
 
 
 def _epoch_metrics(result: dict) -> dict:
@@ -325,6 +327,7 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
 
 def run_task(task: Task, **options) -> bool:
     """Run one task where this process is (a local run, a SLURM array task); True when its cell is finished.
-    ``options`` go to ``run_cell``."""
+    ``options`` go to ``run_cell``. What it writes (and Ray, if it starts Ray) is its owner's alone (``owner_only``)."""
     plan = None if task.plan is None else [dict(p) for p in task.plan]
-    return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, plan=plan, **options)
+    with owner_only():
+        return run_cell(task.sweep, task.cell, task.runs_dir, worker=task.worker, plan=plan, **options)

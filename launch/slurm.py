@@ -11,10 +11,16 @@ ahead) is checkpointed by submitit (``CellJob.checkpoint``) and requeued; a task
 (``scontrol requeue``, a node failure) restarts from scratch. Either way the restarted task is the
 same lease holder (its owner name is the array job and task id), takes its lease back at once and
 continues its unfinished trials from their last per-epoch checkpoints; finished trials are in the store.
+
+Passwords: an array task's arguments are a pickle in the runs folder, so a storage URL that holds a
+password is refused (``refuse_password``): a compute node's libpq finds it in ``~/.pgpass`` (or the file
+``PGPASSFILE`` names) instead. The submission's files, and through sbatch's umask the tasks' logs and
+files, are their owner's alone (``launch.launcher.owner_only``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +32,9 @@ import submitit
 
 from analysis.store import Store
 from launch.cell import cell_finished, prepare_sweep
-from launch.launcher import ResourceError, SubmitError, Task, plan_tasks
+from launch.launcher import OWNER_ONLY_UMASK, ResourceError, SubmitError, Task, owner_only, plan_tasks
 from launch.profile import ClusterProfile
-from launch.spec import Sweep
+from launch.spec import Sweep, without_password
 
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
           "REQUEUE_FED")
@@ -44,6 +50,8 @@ class CellJob(submitit.helpers.Checkpointable):
     def __call__(self) -> bool:
         from launch.runner import run_task  # on the compute node: Ray and torch are imported there only
 
+        # For the whole process, not only run_task: submitit pickles the result (and a requeue's state) after it.
+        os.umask(os.umask(OWNER_ONLY_UMASK) | OWNER_ONLY_UMASK)
         return run_task(self.task, position=f"task {self.task.name}")
 
 
@@ -55,6 +63,18 @@ class SlurmHandle:
 
     def state(self) -> str:
         return job_states([self.job_id]).get(self.job_id, "UNKNOWN")
+
+
+def refuse_password(storage: str) -> None:
+    """SubmitError if the storage URL holds a password: it would travel in every array task's pickled arguments."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.password is not None:
+        raise SubmitError(f"storage {url.render_as_string(hide_password=True)!r}: a password inside the URL would "
+                          "be written into every array task's pickled arguments in the runs folder; give the URL "
+                          f"without it ({without_password(storage)}) and put the password in ~/.pgpass on the "
+                          "cluster (a line HOST:PORT:DB:USER:PASSWORD, chmod 600), or in the file PGPASSFILE names")
 
 
 def require_slurm() -> None:
@@ -109,7 +129,10 @@ class SlurmLauncher:
         return executor
 
     def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[SlurmHandle]:
-        jobs = self.executor(tasks).submit_array([CellJob(t) for t in tasks])
+        for storage in {sweep.storage, *(t.sweep.storage for t in tasks)}:
+            refuse_password(storage)
+        with owner_only():  # submitit writes the pickles and the sbatch script; SLURM starts the tasks with this umask
+            jobs = self.executor(tasks).submit_array([CellJob(t) for t in tasks])
         return [SlurmHandle(job.job_id, task, job) for job, task in zip(jobs, tasks)]
 
     def status(self, handles: Sequence[SlurmHandle]) -> list[str]:
@@ -206,6 +229,8 @@ def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *,
     or nothing to do)."""
     workers = workers or sweep.workers
     refused = _Refusals(dry_run, out)
+    with refused:
+        refuse_password(sweep.storage)
     if not dry_run:
         require_slurm()
     with refused:

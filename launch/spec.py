@@ -308,6 +308,46 @@ class Cell:
         return f"{self.model}-k{self.kernel_size}-s{self.seed}"
 
 
+# -- the storage URL's password --------------------------------------------------------------------
+
+LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi")
+"""PostgreSQL drivers over libpq, which finds a password by itself: ``PGPASSWORD``, else ``~/.pgpass`` (or the
+file ``PGPASSFILE`` names)."""
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password, if any, left out."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(password=None).render_as_string(hide_password=False)  # URL.set() ignores None
+
+
+def detach_password(url: str) -> str:
+    """``url`` without its password; the password goes to ``PGPASSWORD`` in this process's environment instead.
+
+    Everything that holds the URL may end up in a file: the spec recorded in the store, Ray Tune's pickled
+    experiment state, a SLURM task's pickled arguments, console logs. libpq reads ``PGPASSWORD`` where it
+    connects, here and in every process started from here (Ray's workers), and nothing writes it down."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    from analysis.store import StoreError
+
+    parsed = make_url(url)
+    if parsed.password is None:
+        return url
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in LIBPQ_DRIVERS:
+        raise StoreError(f"storage {parsed.render_as_string(hide_password=True)!r}: wconv keeps a password out "
+                         f"of the files it writes by handing it to libpq, which driver {parsed.get_driver_name()!r} "
+                         "does not use; use postgresql+psycopg://USER@HOST/DB with the password in ~/.pgpass")
+    os.environ["PGPASSWORD"] = str(parsed.password)
+    return without_password(url)
+
+
 # -- one line per problem --------------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ ONE_WORKER = {
     "test_browser.py": "smoke_db", "test_report.py": "smoke_db",
     # Its module fixture starts the three paper sweeps side by side.
     "test_paper_sweeps.py": "paper_sweeps",
+    # Its module fixture makes one real `wconv run` that three tests look at.
+    "test_security.py": "security",
 }
 SHARED_FIXTURES = {"slurm_cluster": "slurm", "smoke_db": "smoke_db", "paper_runs": "paper_sweeps"}
 

@@ -61,6 +61,7 @@ from typing import Callable, Optional
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from wconv.checkpoint import load_checkpoint
 from wconv.conv import param_groups
 from wconv.train import (
     ALPHA,
@@ -284,7 +285,7 @@ class _Group:
         """Continue from ``group.pt``, if there is one."""
         if not self.checkpoint.exists():
             return
-        saved = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        saved = load_checkpoint(self.checkpoint, map_location=self.device)
         if saved["members"] != [asdict(m) for m in self.members]:
             raise ValueError(f"{self.checkpoint}: holds the checkpoint of another group; give this group "
                              f"its own folder or delete that file")

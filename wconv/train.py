@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from wconv.checkpoint import load_checkpoint
 from wconv.conv import convert, param_groups, scale_init
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
 
@@ -515,7 +516,7 @@ class _Trial:
         if not self.checkpoint.exists():
             return
         s = self.setup
-        saved = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        saved = load_checkpoint(self.checkpoint, map_location=self.device)
         s.model.load_state_dict(saved["model"])
         s.optimizer.load_state_dict(saved["optimizer"])
         s.scheduler.load_state_dict(saved["scheduler"])
@@ -615,5 +616,5 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
 def resume_trial(checkpoint_dir: Path | str, report: Report) -> FinalReport:
     """Continue a trial from its checkpoint folder alone (the checkpoint holds its ``TrialConfig``),
     on whatever machine it restarts."""
-    saved = torch.load(Path(checkpoint_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT, map_location="cpu")
     return run_trial(TrialConfig.from_dict(saved["config"]), report, checkpoint_dir)
