@@ -1,4 +1,4 @@
-"""What SLURM costs a sweep, on the local test cluster (slurm/testcluster.sh, slurm/local.yaml).
+"""What SLURM costs a sweep, on the local test cluster (slurm/testcluster.sh, the bundled profile `local`).
 
 1. The smoke sweep through `wconv submit` against `wconv run`: wall time ratio (target ≤ 1.15: SLURM adds
    queueing, not idle slots) and the time from submission to the first trial's first epoch.
@@ -171,7 +171,7 @@ def submit_and_wait(work: Path, sweep: str, env: dict, *sets: str) -> tuple[floa
     db = _db(work, sweep)
     start = time.time()
     done = subprocess.run([*WCONV, "submit", str(ROOT / "sweeps" / "smoke.yaml"), "--cluster",
-                           str(ROOT / "slurm" / "local.yaml"), "--storage", db, "--runs-dir", str(work / "runs"),
+                           "local", "--storage", db, "--runs-dir", str(work / "runs"),
                            "--set", f"name={sweep}", *sets], capture_output=True, text=True, env=env, cwd=work)
     if done.returncode:
         sys.exit(done.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _cmd_plan(args) -> None:
               "the trials it stops there count as stopped, never as the best")
     if not measured:
         print("rough time comes from earlier trials of the same model in the results database, else the paper's "
-              "A100 timings (Tables 4 and 6); run a short sweep for your machine's")
+              "A100 timings (Tables 4 and 6); run a short sweep first to time this machine")
 
 
 def _seconds_per_epoch(sweep) -> dict[str, float]:
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a sweep to SLURM as one array job (submitit); returns at once")
     _add_sweep(p)
-    p.add_argument("--cluster", required=True, metavar="PROFILE", help="cluster profile YAML, e.g. slurm/leonardo.yaml")
+    p.add_argument("--cluster", required=True, metavar="PROFILE",
+                   help="a bundled cluster profile (leonardo, local) or the path of a profile YAML file")
     p.add_argument("--workers", type=_at_least(1), help="array tasks per cell sharing its study (default: the "
                                                         "sweep's workers)")
     p.add_argument("--account", help="SLURM account to charge (default: the profile's, or its environment variable)")
@@ -369,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe (`wconv plan … | head`) shows here, inside the try
+    except BrokenPipeError:
+        # The reader went away: stop quietly, as a Unix tool does. Python flushes stdout again at exit, so point it
+        # at /dev/null first (the recipe of Python's `signal` documentation, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -38,17 +38,20 @@ class LocalLauncher:
         self.out, self.num_cpus, self.callbacks = out, num_cpus, callbacks
 
     def submit(self, sweep: Sweep, tasks: Sequence[Task]) -> list[LocalHandle]:
-        from launch.runner import run_task  # Ray and torch: only when something runs here
+        from launch.runner import run_task, stop_ray  # Ray and torch: only when something runs here
         handles = [LocalHandle(f"local-{i}", t) for i, t in enumerate(tasks)]
-        with LeaseKeeper(sweep.storage, sweep.name) as leases:
-            for task in tasks:  # every lease before anything runs: a second run is refused at once
-                leases.take(task.cell.id, task.worker)
-            cells = list(dict.fromkeys(t.cell.id for t in tasks))
-            for handle in handles:
-                position = f"cell {cells.index(handle.task.cell.id) + 1}/{len(cells)}"
-                self._announce(sweep, handle.task, position)
-                handle.finished = run_task(handle.task, leases=leases, position=position, out=self.out,
-                                           num_cpus=self.num_cpus, callbacks=self.callbacks)
+        try:
+            with LeaseKeeper(sweep.storage, sweep.name) as leases:
+                for task in tasks:  # every lease before anything runs: a second run is refused at once
+                    leases.take(task.cell.id, task.worker)
+                cells = list(dict.fromkeys(t.cell.id for t in tasks))
+                for handle in handles:
+                    position = f"cell {cells.index(handle.task.cell.id) + 1}/{len(cells)}"
+                    self._announce(sweep, handle.task, position)
+                    handle.finished = run_task(handle.task, leases=leases, position=position, out=self.out,
+                                               num_cpus=self.num_cpus, callbacks=self.callbacks)
+        finally:
+            stop_ray()  # one Ray cluster for all the tasks; its temp dir goes with it
         return handles
 
     def _announce(self, sweep: Sweep, task: Task, position: str) -> None:

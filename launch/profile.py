@@ -2,8 +2,10 @@
 environment), validated like sweep files and turned into submitit's executor parameters.
 
 Each array task of a submitted sweep is one whole node's worth of the profile (``gpus_per_node`` GPUs,
-``cpus_per_node`` CPUs) running one private Ray cluster. The shipped profiles live in ``slurm/``:
-``leonardo.yaml`` (CINECA Leonardo Booster) and ``local.yaml`` (the test cluster of ``slurm/testcluster.sh``).
+``cpus_per_node`` CPUs) running one private Ray cluster. The bundled profiles ship inside the package, in
+``launch/profiles/``, and are named without a path (``--cluster leonardo``): ``leonardo`` (CINECA Leonardo
+Booster) and ``local`` (the test cluster of ``slurm/testcluster.sh``). Anything with a ``/`` or a ``.yaml``/``.yml``
+ending is a path to a profile of one's own (a copy of a bundled one, edited).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -272,17 +275,38 @@ def apply_overrides(data: dict, overrides: list[str], path: str = "<profile>") -
     return data
 
 
-def load_profile(path: Union[str, Path], overrides: Optional[list[str]] = None) -> ClusterProfile:
-    """Read and validate a cluster profile (safe YAML loader only), after ``--set`` overrides."""
+def bundled_profiles() -> dict[str, Path]:
+    """The profiles shipped with the package: name → file (``launch/profiles/NAME.yaml``)."""
+    folder = resources.files("launch") / "profiles"
+    return {Path(f.name).stem: Path(str(f)) for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".yaml")}
+
+
+def profile_path(name_or_path: Union[str, Path]) -> Path:
+    """The file ``--cluster`` names: a bundled profile's (a bare name, e.g. ``leonardo``), else the path as given."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or "/" in text or os.sep in text or text.endswith((".yaml", ".yml")):
+        return Path(name_or_path)
+    bundled = bundled_profiles()
+    if text not in bundled:
+        raise ProfileError(text, [f"not a bundled cluster profile (those are {', '.join(bundled)}); name one of them "
+                                  "or give the path of a profile YAML file"])
+    return bundled[text]
+
+
+def load_profile(name_or_path: Union[str, Path], overrides: Optional[list[str]] = None) -> ClusterProfile:
+    """Read and validate a cluster profile, bundled (``leonardo``) or a file (safe YAML loader only), after
+    ``--set`` overrides."""
+    path = profile_path(name_or_path)
     source = str(path)
     try:
-        if Path(path).stat().st_size > MAX_FILE_BYTES:
+        if path.stat().st_size > MAX_FILE_BYTES:
             raise ProfileError(source, ["too large to be a cluster profile (a few lines of YAML); check the path"])
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or "not UTF-8 text"
-        raise ProfileError(source, [f"cannot read the cluster profile ({reason}); check the path, e.g. "
-                                    "slurm/leonardo.yaml"]) from None
+        raise ProfileError(source, [f"cannot read the cluster profile ({reason}); check the path, or name a bundled "
+                                    f"profile: {', '.join(bundled_profiles())}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -8,10 +8,19 @@ Console progress is a separate callback.
 Ray is started from the allocation, not the machine (``allocation``): inside SLURM the CPUs of the
 task and the GPUs in ``CUDA_VISIBLE_DEVICES``, a private cluster with its own short temp dir (Unix
 socket paths must stay under 107 bytes) and an explicit object store, never another job's Ray.
+``stop_ray`` ends that cluster and removes its temp dir (Ray leaves it behind): at the end of a local run,
+when a cell is interrupted or fails, and at the exit of any process that started one (a SLURM task).
+
+Ctrl-C: Tune's own SIGINT handler is turned off, so SIGINT is Python's ``KeyboardInterrupt`` in the
+driver. Tune's handler would end ``fit()`` normally, snapshot an experiment state wconv never restores and
+print how to restore it, and the run would exit 0 as if the cell were merely unfinished. Instead ``run_cell``
+stops Ray (no trial keeps running or writing its checkpoint), gives the lease back and lets the interrupt
+through: ``wconv run`` exits 130, and the next run resumes every trial from its last epoch.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -21,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
+import psutil
 import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
@@ -75,6 +85,12 @@ def _quiet_ray_environment() -> None:
     # those workers are never used: each cost a Python start and an import of Ray.
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    # Not a default: Ctrl-C must reach wconv as KeyboardInterrupt (see the module docstring).
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+
+_private_temp: Optional[Path] = None
+"""The temp dir of the private cluster ``start_ray`` started in this process, until ``stop_ray`` removes it."""
 
 
 def start_ray(num_cpus: Optional[int] = None) -> Allocation:
@@ -89,8 +105,12 @@ def start_ray(num_cpus: Optional[int] = None) -> Allocation:
     if os.environ.get("RAY_ADDRESS") and not alloc.slurm:
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
         return alloc
+    global _private_temp
     job = os.environ.get("SLURM_JOB_ID")
     temp = Path(tempfile.gettempdir()) / f"wr-{job or os.getpid()}"  # short: Ray's socket paths ≤ 107 bytes
+    _private_temp = temp
+    atexit.unregister(stop_ray)
+    atexit.register(stop_ray)  # once; registered after Ray's own exit hook (at its import), so it runs first
     ray.init(address="local", num_cpus=alloc.cpus, num_gpus=alloc.gpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES,
              _temp_dir=str(temp))
@@ -98,6 +118,32 @@ def start_ray(num_cpus: Optional[int] = None) -> Allocation:
     # runtime_env would re-exec every worker through Ray's setup_worker (a second Python start) and leave the
     # workers Ray pre-starts for this job unused.
     return alloc
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray; for the private cluster of ``start_ray``, also wait until its processes (trial workers
+    included) have ended and remove its temp dir. Does nothing when Ray is not running."""
+    global _private_temp
+    temp, _private_temp = _private_temp, None
+    processes = []
+    if temp is not None:  # the cluster's services name its temp dir on their command line; its workers descend
+        for child in psutil.Process().children():  # from them (and rename themselves, e.g. ray::IDLE)
+            try:
+                if str(temp) in " ".join(child.cmdline()):
+                    processes += [child, *child.children(recursive=True)]
+            except psutil.Error:
+                pass
+    if ray.is_initialized():
+        ray.shutdown()
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    if temp is not None:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def slots(sweep: Sweep) -> int:
@@ -205,7 +251,11 @@ class StoreCallback(tune.Callback):
         if self.store is None:
             self.store = Store(self.sweep.storage)
         tid = key_of(trial.config, self.cell)
-        epochs = {int(m[EPOCH]): _epoch_metrics(m) for m in [*result.get(REPLAY, []), result]}
+        epochs = {int(m[EPOCH]): _epoch_metrics(m) for m in result.get(REPLAY, [])}
+        if epochs:  # after a restart, the epochs checkpointed before it: record those the store has not got (a
+            recorded = self.store.epochs(self.sweep.name, tid)  # replay has no wall time: it would erase it)
+            epochs = {e: m for e, m in epochs.items() if recorded.empty or e not in set(recorded["epoch"])}
+        epochs[int(result[EPOCH])] = _epoch_metrics(result)
         self.store.record_epochs(self.sweep.name, tid, epochs, owner=self.owner)
         if not result.get(FINISHED):
             self._record(trial, status="running", epochs_run=int(result[EPOCH]), host=result.get(HOST),
@@ -319,6 +369,9 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
         )
         tuner.fit()
         return finished()
+    except BaseException:  # Ctrl-C or a failure: no trial may go on once the lease is given back
+        stop_ray()
+        raise
     finally:
         leases.release(cell.id)
         if own:

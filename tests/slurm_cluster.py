@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "slurm" / "testcluster.sh"
-PROFILE = REPO / "slurm" / "local.yaml"
+PROFILE = REPO / "launch" / "profiles" / "local.yaml"
 
 
 @dataclass(frozen=True)

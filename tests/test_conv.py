@@ -346,11 +346,6 @@ def test_convert_replaces_a_shared_conv_under_every_name():
     assert type(model[0]) is WeightedConv2d and model[2] is model[0]
 
 
-def test_convert_leaves_already_weighted_convs_alone():
-    model = convert(convert(nn.Sequential(nn.Conv2d(2, 2, 3)), 0.8), 0.5)
-    assert model[0].alpha == ((0.8,), (0.8,))
-
-
 @pytest.mark.parametrize("learnable", [False, True])
 def test_fuse_gives_plain_torch_convs_with_identical_outputs(learnable):
     torch.manual_seed(0)
@@ -685,3 +680,52 @@ def test_scale_init_scales_exactly_the_convs_convert_would_weight_by_the_rms_of_
     assert ratios[2].tolist() == [1.0] and ratios[3].tolist() == [1.0]  # 1×1 and anisotropic: not weighted
     weighted = convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)), 0.6)  # the same selection as convert
     assert [type(m).__name__ for m in weighted] == ["WeightedConv2d", "Conv2d"]
+
+
+# --- issue 17: convert twice, None in convert's mapping, density's kernel size ---------------------------------
+
+
+def test_converting_a_converted_model_again_is_refused_and_changes_nothing():
+    model = convert(nn.Sequential(nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 5)), 0.8)
+    with pytest.raises(ValueError, match=r"convert: 0 is already a weighted 3×3 conv \(alpha=\(0.8,\)\); convert a "
+                                         r"fresh model, or wconv.fuse\(model\) first"):
+        convert(model, {3: 0.5, 5: (0.2, 0.4)})
+    assert model[0].alpha == ((0.8,), (0.8,)) and type(model[1]) is nn.Conv2d  # nothing half-converted
+    convert(model, {5: (0.2, 0.4)})  # a size with no weighted conv yet is still converted
+    assert model[1].alpha == ((0.2, 0.4), (0.2, 0.4))
+    refused = convert(nn.Sequential(nn.Conv2d(2, 2, 3)), 0.8, learnable=True)
+    with pytest.raises(ValueError, match="already a weighted 3×3 conv"):
+        convert(refused, 0.8)
+
+
+def test_fuse_then_convert_weights_the_kernels_again_on_purpose():
+    torch.manual_seed(0)
+    model = convert(nn.Sequential(nn.Conv2d(2, 2, 3)), 0.8)
+    weight = model[0].weight.detach().clone()
+    again = convert(fuse(model), 0.5)
+    twice = weight * density((3, 3), 0.8) * density((3, 3), 0.5)
+    torch.testing.assert_close(again[0].effective_weight(), twice)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_convert_with_none_gives_a_weighted_conv_with_density_one(learnable):
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 3, 5, padding=2))
+    x = torch.randn(2, 2, 7, 7)
+    expected = plain(x)
+    model = convert(copy.deepcopy(plain), {3: None, 5: (0.3, 0.6)}, learnable=learnable)
+    assert type(model[0]) is WeightedConv2d and model[0].alpha == ((1.0,), (1.0,))
+    assert torch.equal(model[0].current_density(), torch.ones(3, 3))
+    assert model[0].learnable is learnable and (model[0].log_alpha is not None) is learnable
+    torch.testing.assert_close(model[0](x), plain[0](x))
+    assert not torch.allclose(model(x), expected)  # the 5×5 conv is weighted
+
+
+def test_density_takes_one_size_per_dimension_and_refuses_a_bare_int():
+    torch.testing.assert_close(density((3, 3), 0.8), torch.outer(torch.tensor([0.8, 1, 0.8]), torch.tensor([0.8, 1, 0.8])))
+    assert torch.equal(density((3,), 0.8), torch.tensor([0.8, 1, 0.8]))
+    for bad in (3, 5.0):
+        with pytest.raises(ValueError, match=r"density: kernel_size must give one size per dimension, e\.g\. "
+                                             r"\(3, 3\) for a 3×3 kernel or \(3,\) for 1-D, got 3"
+                           if bad == 3 else "one size per dimension"):
+            density(bad, 0.8)

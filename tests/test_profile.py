@@ -3,6 +3,9 @@ refused with one line per problem naming the file and the field, and the CLI exi
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +14,8 @@ import yaml
 from launch.profile import ProfileError, load_profile
 
 REPO = Path(__file__).resolve().parent.parent
-LEONARDO = REPO / "slurm" / "leonardo.yaml"
-LOCAL = REPO / "slurm" / "local.yaml"
+LEONARDO = REPO / "launch" / "profiles" / "leonardo.yaml"
+LOCAL = REPO / "launch" / "profiles" / "local.yaml"
 
 MINIMAL = {"name": "mini", "partition": "gpu", "gpus_per_node": 2, "cpus_per_node": 8, "timeout_min": 60}
 
@@ -172,3 +175,67 @@ def test_cli_exits_2_with_the_profile_problem_and_no_traceback(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "gpus_per_node: Input should be a valid integer, got 'four'" in err and "Traceback" not in err
 
+
+
+# --- bundled profiles, named from any folder (issue 17) -----------------------------------------------------------
+
+
+def _submit(cluster: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`wconv submit --dry-run` from ``cwd``, a folder outside the repository (``slurm/`` means nothing there)."""
+    return subprocess.run([sys.executable, "-m", "launch.cli", "submit", str(REPO / "sweeps" / "smoke.yaml"),
+                           "--cluster", cluster, "--account", "IscrC_TEST", "--dry-run",
+                           "--storage", f"sqlite:///{cwd / 'nowhere.db'}", "--runs-dir", str(cwd / "runs")],
+                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_a_bundled_profile_is_named_from_a_folder_outside_the_repository(tmp_path):
+    assert not tmp_path.is_relative_to(REPO)
+    done = _submit("leonardo", tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "#SBATCH --partition=boost_usr_prod" in done.stdout and "#SBATCH --gpus-per-node=4" in done.stdout
+    assert not (tmp_path / "nowhere.db").exists()  # a dry run writes nothing
+
+
+def test_a_profile_of_ones_own_is_still_a_path(tmp_path):
+    mine = yaml.safe_load(LEONARDO.read_text())
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({**mine, "partition": "my_partition"}))
+    done = _submit("mine.yaml", tmp_path)  # relative to the folder the user is in
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "#SBATCH --partition=my_partition" in done.stdout
+
+
+@pytest.mark.parametrize("cluster, says", [
+    ("leonard", "leonard: not a bundled cluster profile (those are leonardo, local); name one of them or give the "
+                "path of a profile YAML file"),
+    ("slurm/leonardo.yaml", "slurm/leonardo.yaml: cannot read the cluster profile (No such file or directory); check "
+                            "the path, or name a bundled profile: leonardo, local"),
+])
+def test_an_unknown_profile_gets_one_line_naming_the_bundled_ones(tmp_path, cluster, says):
+    done = _submit(cluster, tmp_path)
+    assert done.returncode == 2 and done.stderr.splitlines() == [says], done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_bundled_profiles_ship_in_the_wheel_and_nowhere_else(tmp_path):
+    import shutil
+    import zipfile
+
+    from launch.profile import bundled_profiles
+
+    assert bundled_profiles() == {"leonardo": LEONARDO, "local": LOCAL}
+    source = tmp_path / "src"  # a copy: building in the repository would leave build/ and *.egg-info there
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("wconv", "launch", "analysis"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
+                           "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"launch/profiles/leonardo.yaml", "launch/profiles/local.yaml"} <= set(names), names
+    copies = [p for p in REPO.rglob("*.yaml") if p.name in ("leonardo.yaml", "local.yaml") and ".git" not in p.parts
+              and ".venv" not in p.parts]
+    assert sorted(copies) == [LEONARDO, LOCAL]

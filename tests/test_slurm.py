@@ -218,7 +218,7 @@ def test_at_its_time_limit_a_task_asks_submitit_to_requeue_the_same_task():
 def test_dry_run_for_leonardo_prints_the_script_the_map_and_the_budget_and_writes_nothing(tmp_path):
     before = set(tmp_path.iterdir())
     done = subprocess.run([sys.executable, "-m", "launch.cli", "submit", str(ROOT / "sweeps" / "cifar100_3x3.yaml"),
-                           "--cluster", str(ROOT / "slurm" / "leonardo.yaml"), "--account", "IscrC_TEST", "--dry-run",
+                           "--cluster", "leonardo", "--account", "IscrC_TEST", "--dry-run",
                            "--storage", f"sqlite:///{tmp_path / 'nowhere.db'}", "--runs-dir", str(tmp_path / "runs")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), PATH="/usr/bin:/bin"))

@@ -99,13 +99,19 @@ def _phi(kernel_size: Sequence[int], per_dim: Sequence[Sequence[float]], dtype: 
     return _outer(profiles).to(dtype=dtype, device=device)
 
 
-def density(kernel_size: int | Sequence[int], alpha: Alpha, *, dtype: torch.dtype = torch.float32,
+def density(kernel_size: Sequence[int], alpha: Alpha, *, dtype: torch.dtype = torch.float32,
             device: torch.device | str | None = None) -> torch.Tensor:
-    """Φ for ``kernel_size`` (one entry per dimension, or an int for 1D), with that shape.
+    """Φ for ``kernel_size``, one entry per dimension, with that shape: ``density((3, 3), 0.8)`` is ααᵀ with
+    α = (0.8, 1, 0.8), ``density((3,), 0.8)`` the 1-D profile itself.
 
-    Computed in float64 and rounded once to ``dtype``; ``alpha=None`` gives ones of any size.
+    A bare int is refused: without a conv, nothing says how many dimensions it stands for (torch broadcasts
+    a conv's int to the conv's own dimension). Computed in float64 and rounded once to ``dtype``;
+    ``alpha=None`` gives ones of any size.
     """
-    ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+    if isinstance(kernel_size, int) or not isinstance(kernel_size, Sequence):
+        raise ValueError(f"density: kernel_size must give one size per dimension, e.g. ({kernel_size}, {kernel_size}) "
+                         f"for a {kernel_size}×{kernel_size} kernel or ({kernel_size},) for 1-D, got {kernel_size!r}")
+    ks = tuple(int(k) for k in kernel_size)
     per_dim, _ = parse_alpha(ks, alpha)
     return _phi(ks, per_dim, dtype, device)
 
@@ -252,8 +258,9 @@ def _as_mapping(alpha) -> dict[int, Coefficients]:
     for k, v in alpha.items():
         if not isinstance(k, int) or isinstance(k, bool) or k < 3 or k % 2 == 0:
             raise ValueError(f"convert: kernel size keys must be odd integers ≥ 3, got {k!r}")
-        if not (_is_number(v) or (isinstance(v, Sequence) and all(_is_number(c) for c in v))):
-            raise ValueError(f"convert: alpha[{k}] must be a number or a flat sequence of numbers, got {v!r}")
+        if not (v is None or _is_number(v) or (isinstance(v, Sequence) and all(_is_number(c) for c in v))):
+            raise ValueError(f"convert: alpha[{k}] must be a number or a flat sequence of numbers (or None: Φ = 1), "
+                             f"got {v!r}")
         parse_alpha((k,), v)
         out[k] = v
     return out
@@ -280,9 +287,22 @@ def convert(model: nn.Module, alpha: Mapping[int, Coefficients] | float, *, lear
     A torch conv is ``nn.Conv1d/2d/3d`` or a subclass that keeps torch's ``forward`` and ``_conv_forward``; it
     becomes the ``WeightedConv1d/2d/3d`` of its dimension. The twin shares the very same weight and bias
     ``Parameter`` objects, so names, counts and optimiser state are unchanged. Sizes missing from ``alpha``, 1×1,
-    even and anisotropic kernels, and subclasses with their own computation are left alone.
+    even and anisotropic kernels, and subclasses with their own computation are left alone. ``None`` for a size
+    gives Φ = 1 (with ``learnable=True``: α learnt from 1).
+
+    A model that already has weighted convs of a size in ``alpha`` is refused (``ValueError``), since weighting
+    them again could mean replacing their α or multiplying it: convert a fresh model, or ``fuse`` it first to
+    weight the weighted kernels once more on purpose.
     """
     by_size = _as_mapping(alpha)
+    weighted = [(name, m) for name, m in model.named_modules() if isinstance(m, _WeightedConv)
+                and len(set(m.kernel_size)) == 1 and m.kernel_size[0] in by_size]
+    if weighted:
+        name, m = weighted[0]
+        size = "×".join(map(str, m.kernel_size))
+        raise ValueError(f"convert: {name or 'the model'} is already a weighted {size} conv (alpha={m.alpha[0]})"
+                         + (f" and {len(weighted) - 1} more" if len(weighted) > 1 else "")
+                         + "; convert a fresh model, or wconv.fuse(model) first to weight its kernels again on purpose")
 
     def swap(m: nn.Module):
         base = _torch_conv_of(m)
