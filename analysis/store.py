@@ -242,6 +242,12 @@ class NoResults(StoreError):
     """A read-only look at a database that does not exist yet."""
 
 
+class StoreLocked(StoreError):
+    """SQLite's write lock stayed taken for the whole busy timeout. A process stopped inside a write transaction
+    (SIGSTOP, Ctrl-Z, a suspended job) keeps the lock until it resumes or ends, so the message names the lease
+    holders, read without writing, and says which of them is stopped."""
+
+
 class Store:
     """Sweeps, trials and epochs in one database; see the module docstring for which URL to use.
 
@@ -390,7 +396,28 @@ class Store:
 
     def _write(self):
         """A transaction that takes SQLite's write lock up front (``BEGIN IMMEDIATE``); see ``_configure_sqlite``."""
-        return _WriteTransaction(self.engine)
+        return _WriteTransaction(self)
+
+    def _locked(self) -> StoreLocked:
+        """The write lock was not free for ``_BUSY_TIMEOUT_MS``: most likely a writer stopped or hung inside a
+        transaction (a stopped process keeps its lock until it resumes or ends). Names the processes holding
+        leases, read without writing (in WAL mode readers never wait for the writer), stopped ones first."""
+        try:
+            leases = self.leases()
+        except StoreError:
+            leases = pd.DataFrame()
+        holders = {}
+        for _, row in leases.iterrows():
+            holders.setdefault(row["owner"], (row, []))[1].append(f"{row['sweep']!r} cell {row['cell']}")
+        shown = sorted((_lease_holder(row, cells) for row, cells in holders.values()), key=lambda h: not h[1])
+        stopped = [pid for _, is_stopped, pid in shown if is_stopped]
+        what = (f"resume it (kill -CONT {stopped[0]}) or end it (kill {stopped[0]}), then run again" if stopped else
+                "a process writing to it is stopped or hung (another wconv, a sqlite3 shell): resume or end it, "
+                "then run again")
+        who = ("; ".join(text for text, _, _ in shown[:3]) + ("; …" if len(shown) > 3 else "") if shown
+               else "no runner holds a lease in it")
+        return StoreLocked(f"results store {self._masked!r} stayed locked by another process for "
+                           f"{_BUSY_TIMEOUT_MS / 1000:.0f} s, so nothing was written; {who}; {what}")
 
     def _upsert_in(self, conn, table: Table, values: dict, keys: Iterable[str], update: Iterable[str],
                    where=None) -> bool:
@@ -426,6 +453,11 @@ class Store:
         storage = make_url(spec["storage"]) if isinstance(spec.get("storage"), str) else None
         if storage is not None and storage.password is not None:
             spec = dict(spec, storage=storage._replace(password=None).render_as_string(hide_password=False))
+        c = sweeps_table.c
+        recorded = self._read(select(c.task, c.metric, c.mode, c.spec_hash).where(c.name == name))
+        if spec_hash is not None and recorded.to_dict("records") == [dict(task=task, metric=metric, mode=mode,
+                                                                          spec_hash=spec_hash)]:
+            return  # already recorded: no write, so a run that is then refused never waits for the write lock
         now = _now()
         values = dict(name=name, task=task, metric=metric, mode=mode, spec=_dumps(spec), spec_hash=spec_hash,
                       created_at=now, updated_at=now)
@@ -751,13 +783,43 @@ def _add_missing_columns(conn) -> None:
             conn.execute(update(trials_table).values(stage="search"))
 
 
+def _lease_holder(lease, cells: list[str]) -> tuple[str, bool, Any]:
+    """One lease holder for ``StoreLocked``: its text, whether it is a stopped process of this host, its pid."""
+    import socket
+
+    import psutil
+
+    where, stopped, details = f"pid {lease['pid']} on {lease['host']}", False, []
+    if lease.get("slurm_job"):
+        where = f"SLURM job {lease['slurm_job']} ({where})"
+    if lease["host"] == socket.gethostname() and not pd.isna(lease["pid"]):
+        try:
+            process = psutil.Process(int(lease["pid"]))
+            alive = abs(process.create_time() - float(lease["process_started"])) <= 1.0
+            stopped = alive and process.status() == psutil.STATUS_STOPPED
+            details.append("stopped" if stopped else "running" if alive else "no longer running")
+        except (psutil.Error, TypeError, ValueError):
+            details.append("no longer running")
+    if not pd.isna(lease["heartbeat_at"]):
+        details.append(f"heartbeat {(_now() - lease['heartbeat_at']).total_seconds():.0f} s ago")
+    shown = ", ".join(cells[:2]) + (", …" if len(cells) > 2 else "")
+    return f"sweep {shown} is leased to {where} ({', '.join(details)})", stopped, lease["pid"]
+
+
 class _WriteTransaction:
-    def __init__(self, engine: Engine):
-        self._conn = engine.connect().execution_options(wconv_write=True)
+    def __init__(self, store: Store):
+        self._store = store
+        self._conn = store.engine.connect().execution_options(wconv_write=True)
         self._tx = None
 
     def __enter__(self):
-        self._tx = self._conn.begin()
+        try:
+            self._tx = self._conn.begin()  # SQLite: BEGIN IMMEDIATE, which waits up to the busy timeout
+        except DBAPIError as exc:
+            self._conn.close()
+            if self._store.engine.dialect.name == "sqlite" and "locked" in str(exc.orig):
+                raise self._store._locked() from None
+            raise
         return self._conn
 
     def __exit__(self, exc_type, *_):

@@ -84,13 +84,25 @@ def gone(lease: dict) -> bool:
     return recorded is not None and abs(started - float(recorded)) > 1.0
 
 
+def stopped(lease: dict) -> bool:
+    """Whether the lease's owner is a stopped process of this host (SIGSTOP, Ctrl-Z, a suspended job)."""
+    if lease.get("host") != socket.gethostname() or lease.get("pid") is None:
+        return False
+    try:
+        return psutil.Process(int(lease["pid"])).status() == psutil.STATUS_STOPPED
+    except (psutil.Error, ValueError):
+        return False
+
+
 def describe(lease: dict, sweep: str, cell: str) -> str:
     """One line: who holds the cell, and how to take it over."""
     where = f"pid {lease.get('pid')} on {lease.get('host')}"
     if lease.get("slurm_job"):
         where = f"SLURM job {lease['slurm_job']} ({where})"
+    if stopped(lease):
+        where += f", which is stopped (resume it with kill -CONT {lease['pid']})"
     return (f"sweep {sweep!r} cell {cell} is being run by {where}, heartbeat {silent_for(lease):.0f} s ago; "
-            f"wait for it to finish, stop it (a stopped run's lease is taken over at once on the same host), "
+            f"wait for it to finish, end it (the lease of a run that ended is taken over at once on the same host), "
             f"or run again once its heartbeat has been silent for {lease_timeout():.0f} s")
 
 
@@ -114,7 +126,14 @@ class LeaseKeeper:
         self._thread: Optional[threading.Thread] = None
 
     def take(self, cell: str, worker: int = 0) -> None:
-        """Hold ``(cell, worker)`` or raise ``LeaseHeld`` naming its live owner."""
+        """Hold ``(cell, worker)`` or raise ``LeaseHeld`` naming its live owner.
+
+        A lease held by a live owner is refused from a read first, without the write lock: a runner
+        stopped inside a write transaction keeps that lock, and the refusal must not wait for it."""
+        leases = self.store.leases(self.sweep)
+        for current in leases[(leases["cell"] == cell) & (leases["worker"] == worker)].to_dict("records"):
+            if current["owner"] != self.holder.owner and not gone(current):
+                raise LeaseHeld(describe(current, self.sweep, cell))
         with self._lock:
             current = self.store.take_lease(self.sweep, cell, worker, self.holder.row(), gone=gone)
             if current is not None:

@@ -37,7 +37,7 @@ class SlurmCluster:
     gpus: int
     cpus: int
     profile: Path
-    """``slurm/local.yaml``: the cluster profile of this cluster."""
+    """``launch/profiles/local.yaml`` (`--cluster local`): the cluster profile of this cluster."""
 
     @property
     def env(self) -> dict[str, str]:

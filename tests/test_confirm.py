@@ -56,13 +56,20 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     first = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path, start_new_session=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while time.time() < deadline and first.poll() is None:
+    def finished() -> int:
         confirm = store.trials(sweep="conf", stage="confirm")
-        if not confirm.empty and confirm["status"].isin(TERMINAL).sum() >= 2:
-            break
-        time.sleep(0.3)
+        return 0 if confirm.empty else int(confirm["status"].isin(TERMINAL).sum())
+
+    deadline = time.monotonic() + 400
+    while finished() < 2 and first.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(first.pid, signal.SIGKILL)
+            pytest.fail(f"waited 400 s for two finished confirmation trials; saw {finished()}")
+        time.sleep(0.1)
+    # Frozen first, so that what is killed is known: a run mid-way through its SEEDS * 3 trials.
+    os.killpg(first.pid, signal.SIGSTOP)
     assert first.poll() is None, "the confirmation ended before it could be killed"
+    assert finished() < SEEDS * 3, "the confirmation finished before it could be killed; give it more trials"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     # Run again by the sweep's name, as best and report take it: the store recorded its validated spec.

@@ -57,9 +57,9 @@ def _wconv(cluster, *args, cwd: Path, timeout=300) -> subprocess.CompletedProces
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT), **cluster.env))
 
 
-def _submit(cluster, path: Path, tmp_path: Path, *extra: str) -> str:
-    done = _wconv(cluster, "submit", str(path), "--cluster", str(cluster.profile), "--runs-dir", str(tmp_path / "runs"),
-                  *extra, cwd=tmp_path)
+def _submit(cluster, path: Path, tmp_path: Path, *extra: str, profile: Path | None = None) -> str:
+    done = _wconv(cluster, "submit", str(path), "--cluster", str(profile or cluster.profile), "--runs-dir",
+                  str(tmp_path / "runs"), *extra, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "submitted array job" in done.stdout
     return done.stdout.split("submitted array job ")[1].split(":")[0]
@@ -71,14 +71,31 @@ def _sacct(cluster, job: str) -> dict[str, str]:
     return {line.split("|")[0]: line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line}
 
 
-def _wait(what, predicate, timeout=400, every=1.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def _wait(what, predicate, timeout=600, every=1.0, seen=None):
+    """``predicate()``'s first truthy value; after ``timeout`` s, fails saying what was awaited and what ``seen()``
+    shows (deadlines are generous: other test sessions may share the cluster's two CPUs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"waited {timeout:.0f} s for {what}" + (f"; saw: {seen()}" if seen else ""))
+
+
+def _squeue(cluster, job: str) -> dict[str, str]:
+    """squeue's state of each task of ``job`` (e.g. {'7_0': 'RUNNING', '7_1': 'SUSPENDED'})."""
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i|%T"], capture_output=True, text=True,
+                         env=dict(os.environ, **cluster.env)).stdout
+    return dict(line.split("|", 1) for line in out.split() if "|" in line)
+
+
+def _trials_seen(store: Store, sweep: str):
+    def seen() -> str:
+        trials = store.trials(sweep=sweep)
+        return "no trials" if trials.empty else trials[["trial_id", "owner", "status", "epochs_run"]].to_string()
+
+    return seen
 
 
 def _scontrol(cluster, action: str, *args: str) -> None:
@@ -103,26 +120,63 @@ def _check_cell(store: Store, sweep: str, samples: int) -> None:
         assert list(epochs["epoch"]) == list(range(1, int(row["epochs_run"]) + 1)), row["trial_id"]
 
 
+def _gated_profile(cluster, tmp_path: Path, gate: Path) -> Path:
+    """The test cluster's profile, its tasks waiting (a ``setup`` line) until ``gate`` exists: the test opens it
+    once every task runs, so that the workers start their trials together however the CPUs were shared."""
+    profile = yaml.safe_load(Path(cluster.profile).read_text())
+    profile["setup"] = [*profile.get("setup", []), f"while [ ! -e {gate} ]; do sleep 0.2; done"]
+    path = tmp_path / "gated.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
 def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_again(slurm_cluster, tmp_path):
-    samples = 4
-    path = _sweep(tmp_path, "shared", samples=samples, epochs=6, steps=20, scheduler={"type": "fifo"})
+    """The array is suspended, then cancelled, at a moment when each worker runs a trial of the shared cell: the
+    test acts on what it sees in the store (and checks it again once the tasks are frozen), not on timing."""
+    samples, epochs = 4, 30
+    path = _sweep(tmp_path, "shared", samples=samples, epochs=epochs, steps=20, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
-    job = _submit(slurm_cluster, path, tmp_path, "--workers", "2")
-    # one array job, one task per worker (sacct names the tasks once they leave the queue)
-    _wait("both array tasks in sacct", lambda: set(_sacct(slurm_cluster, job)) == {f"{job}_0", f"{job}_1"}, timeout=120)
-    _wait("trials of both workers past their first epoch",
-          lambda: (t := store.trials(sweep="shared")).shape[0] and t[t["epochs_run"].fillna(0) >= 1]["owner"].nunique() == 2)
-    _scontrol(slurm_cluster, "suspend", job)  # frozen mid-trial, so that the cancel surely finds it running
+    seen = _trials_seen(store, "shared")
+    gate = tmp_path / "gate"
+    profile = _gated_profile(slurm_cluster, tmp_path, gate)
+    job = _submit(slurm_cluster, path, tmp_path, "--workers", "2", profile=profile)
+    # one array job, one task per worker, both running before either starts its trials
+    _wait("both array tasks running", lambda: _squeue(slurm_cluster, job) == {f"{job}_0": "RUNNING",
+                                                                            f"{job}_1": "RUNNING"},
+          seen=lambda: _squeue(slurm_cluster, job))
+    gate.touch()
+
+    def both_mid_trial() -> bool:
+        """Each worker (lease owner) runs a trial that has an epoch recorded and many still to go."""
+        trials = store.trials(sweep="shared")
+        if trials.empty:
+            return False
+        running = trials[(trials["status"] == "running") & trials["epochs_run"].fillna(0).between(1, epochs - 5)]
+        return running["owner"].nunique() == 2
+
+    frozen = False
+    deadline = time.monotonic() + 600
+    while not frozen:
+        _wait("a trial of each worker mid-way", lambda: both_mid_trial() or _finished(slurm_cluster, job), seen=seen,
+              timeout=max(1.0, deadline - time.monotonic()), every=0.3)
+        assert not _finished(slurm_cluster, job), f"the cell finished before both workers ran a trial: {seen()}"
+        _scontrol(slurm_cluster, "suspend", job)  # frozen mid-trial, so that the cancel surely finds it running
+        _wait("the suspended tasks", lambda: set(_squeue(slurm_cluster, job).values()) == {"SUSPENDED"},
+              seen=lambda: _squeue(slurm_cluster, job), timeout=120, every=0.3)
+        frozen = both_mid_trial()  # the store as the frozen tasks left it
+        if not frozen:  # a trial ended between the look and the suspension: go on, look again
+            _scontrol(slurm_cluster, "resume", job)
     cancel = _wconv(slurm_cluster, "cancel", "shared", "--storage", store.url, cwd=tmp_path)
     assert cancel.returncode == 0, cancel.stderr
-    _wait("the cancelled tasks", lambda: _finished(slurm_cluster, job), timeout=120)
+    _wait("the cancelled tasks", lambda: _finished(slurm_cluster, job), timeout=300)
     status = _wconv(slurm_cluster, "status", "shared", "--storage", store.url, cwd=tmp_path)
     assert status.returncode == 0 and status.stdout.count("CANCELLED") == 2, status.stdout
     trials = store.trials(sweep="shared")
     assert "running" not in set(trials["status"])  # what ran is marked interrupted, for the next submission
+    assert (trials["status"] == "interrupted").sum() >= 2, seen()
 
-    again = _submit(slurm_cluster, path, tmp_path, "--workers", "2")
-    _wait("the resubmitted array", lambda: _finished(slurm_cluster, again))
+    again = _submit(slurm_cluster, path, tmp_path, "--workers", "2", profile=profile)
+    _wait("the resubmitted array", lambda: _finished(slurm_cluster, again), seen=seen)
     assert set(_sacct(slurm_cluster, again).values()) == {"COMPLETED"}
     _check_cell(store, "shared", samples)
     status = _wconv(slurm_cluster, "status", "shared", "--storage", store.url, cwd=tmp_path)
@@ -138,11 +192,11 @@ def test_two_workers_share_a_cell_and_a_cancelled_array_resumes_when_submitted_a
 
 
 def _one_minute_profile(cluster, tmp_path: Path) -> Path:
-    """The test cluster's profile with a 1-minute time limit and ``signal_delay_s`` 20: slurmctld checks limits
-    every 30 s and signals up to one check early, so USR2 comes 10-40 s into a run (after submitit has set its
-    handlers, about 1 s in) and before SLURM's own kill at 60 s."""
+    """The test cluster's profile with a 1-minute time limit, submitted held (``sbatch --hold``). submitit keeps the
+    limit it was given: with ``timeout_min`` < 10 it takes every USR2 for the time limit (its guaranteed wall time is
+    min(0.8 T, T − 10 min)), and ``max_num_timeout`` allows the requeues."""
     profile = yaml.safe_load(Path(cluster.profile).read_text())
-    profile.update(timeout_min=1, signal_delay_s=20, max_num_timeout=8)
+    profile.update(timeout_min=1, signal_delay_s=20, max_num_timeout=8, sbatch={**profile.get("sbatch", {}), "hold": True})
     path = tmp_path / "one_minute.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
@@ -165,32 +219,42 @@ def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_no
     requeue`` (SIGTERM, SIGKILL: no checkpoint): the same array task comes back each time, continues its
     unfinished trial from its last epoch and finishes the cell with nothing lost or run twice.
 
-    The first run gets a 1-minute limit, so its USR2 comes whatever the machine's speed; once it has, the test
-    lifts the limit (``scontrol update``), so that the later runs are ended by the requeue and by the cell's end."""
+    USR2 is sent by the test, to the job's steps as SLURM sends it ``signal_delay_s`` before the limit, once the
+    task runs its first trial: SLURM itself sends it at its next time-limit check (every 30 s) after the limit comes
+    within reach, and the limit is in whole minutes, so no workload brackets it on every machine; sent 10 s into a
+    run, it killed a task still importing (before submitit's handler was set) on a busy machine. That SLURM sends it
+    at the limit and submitit requeues on it is tests/test_slurm_cluster.py's (a job that only sleeps). The job is
+    submitted held and its limit raised before it starts, so that SLURM's own USR2 cannot come first."""
     samples = 1
-    # Two trials of 80 full epochs (digits has ~45 batches of 32 per epoch): 100-150 s of training on one CPU
-    # here, far more than the first run can do before its USR2 (at most ~40 s in, less its start-up) on a machine
-    # twice as fast; 12 epochs (~25 s) once finished inside the first run.
+    # Two trials of 80 full epochs (digits has ~45 batches of 32 per epoch): 100-150 s of training on one CPU; the
+    # signal comes after the first epoch, the requeue after an epoch of the second run.
     path = _sweep(tmp_path, "limit", samples=samples, epochs=80, steps=45, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
-    done = _wconv(slurm_cluster, "submit", str(path), "--cluster", str(_one_minute_profile(slurm_cluster, tmp_path)),
-                  "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    job = done.stdout.split("submitted array job ")[1].split(":")[0]
+    seen = _trials_seen(store, "limit")
+    job = _submit(slurm_cluster, path, tmp_path, profile=_one_minute_profile(slurm_cluster, tmp_path))
+    _scontrol(slurm_cluster, "update", f"JobId={job}", "TimeLimit=15")  # held: it has not started
+    _scontrol(slurm_cluster, "release", job)
 
     def logs() -> str:
         return "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "limit" / "slurm").rglob("*_log.*"))
 
-    _wait("USR2 at the time limit and the checkpoint", lambda: "Calling checkpoint method" in logs(), every=0.5)
-    _scontrol(slurm_cluster, "update", f"JobId={job}", "TimeLimit=15")
+    _wait("the task's first epoch", lambda: _epochs_recorded(store, "limit") > 0 or _finished(slurm_cluster, job),
+          seen=lambda: f"{_sacct(slurm_cluster, job)} {seen()}", every=0.5)
+    assert not _finished(slurm_cluster, job), f"the job ended before its first epoch: {logs()[-3000:]}"
+    signal = subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, text=True,
+                            env=dict(os.environ, **slurm_cluster.env))
+    assert signal.returncode == 0, signal.stderr
+    _wait("the checkpoint on USR2", lambda: "Calling checkpoint method" in logs(), every=0.5, timeout=300,
+          seen=lambda: logs()[-3000:])
     assert "this job is timed-out" in logs()  # submitit saw USR2 as the time limit, not a preemption
     _wait("the requeued run", lambda: len(_restarts(slurm_cluster, job)) >= 2
-          and set(_sacct(slurm_cluster, job).values()) == {"RUNNING"}, every=0.5)
-    seen = _epochs_recorded(store, "limit")
-    _wait("an epoch of the second run", lambda: _epochs_recorded(store, "limit") > seen, every=0.3)
+          and set(_sacct(slurm_cluster, job).values()) == {"RUNNING"}, every=0.5,
+          seen=lambda: _restarts(slurm_cluster, job))
+    recorded = _epochs_recorded(store, "limit")
+    _wait("an epoch of the second run", lambda: _epochs_recorded(store, "limit") > recorded, every=0.3, seen=seen)
     before = store.trials(sweep="limit")
     _scontrol(slurm_cluster, "requeue", job)
-    _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=600, every=2)
+    _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=600, every=2, seen=seen)
     assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}
     assert len(_restarts(slurm_cluster, job)) >= 3  # the time limit, the requeue, the run that finished
     _check_cell(store, "limit", samples)

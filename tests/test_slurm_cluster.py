@@ -1,6 +1,6 @@
 """The test cluster of ``slurm/testcluster.sh`` does, with real daemons, what wconv relies on in a real
 cluster: GPUs as GRES in CUDA_VISIBLE_DEVICES, accounting that reports how jobs ended, requeue, and submitit
-(results, and the time-limit checkpoint-and-requeue of ``Checkpointable``) driven by ``slurm/local.yaml``."""
+(results, and the time-limit checkpoint-and-requeue of ``Checkpointable``) driven by the bundled profile ``launch/profiles/local.yaml``."""
 
 from __future__ import annotations
 
