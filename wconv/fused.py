@@ -20,6 +20,9 @@ Why ``torch.func`` (``stack_module_state`` + ``functional_call`` under ``vmap``)
   and the cosine schedule are elementwise and step together, so each member's slice gets exactly the
   update it gets alone; learnable α (``log_alpha``) is stacked like any parameter and kept out of weight
   decay as ``wconv.param_groups`` does. Dropping a member slices parameters, buffers and optimiser state.
+- Φ once per step: every fixed-Φ conv's stacked weight is multiplied by its members' stacked Φ in one
+  multi-tensor product before the vmapped forward, and its gradient in one after the backward
+  (``wconv.conv.DensityStep``), instead of a product per conv inside the forward and another in the backward.
 - The cost of generality: the batching rules pick generic kernels (the stacked 5-D weights are not
   channels_last); ``benchmarks/gpu.py`` measures what fusion gains per member.
 
