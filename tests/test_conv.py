@@ -764,3 +764,17 @@ def test_density_step_on_stacked_fused_weights_matches_each_member():
     assert torch.equal(out, per_conv)  # the same stacked conv on the same products
     for k, m in enumerate(members):  # each member's own Φ (vmap's one wide conv sums in another order)
         torch.testing.assert_close(out[k], m(x), rtol=1e-12, atol=1e-14)
+
+
+def test_density_step_follows_the_model_to_another_dtype():
+    from wconv import DensityStep
+
+    model = nn.Sequential(WeightedConv2d(2, 2, 5, padding=2, alpha=(0.1, 0.7)))
+    step = DensityStep(model)
+    x = torch.randn(1, 2, 6, 6)
+    with step.applied():
+        assert torch.equal(step.forward(step.weights(), x), fuse(copy.deepcopy(model))(x))
+    model.double()  # Φ is recomputed in float64: the broadcast one is too
+    with step.applied():
+        out = step.forward(step.weights(), x.double())
+    assert out.dtype == torch.float64 and torch.equal(out, fuse(copy.deepcopy(model))(x.double()))

@@ -6,9 +6,8 @@ subclass ``nn.Conv1d/2d/3d`` with torch's exact constructor, so init loops, stat
 ``isinstance`` checks written for torch convs keep working.
 
 Used alone, each conv computes ``W ∘ Φ`` in its forward and ``Φ ∘ ∇`` in its backward: two operators per
-conv per step (three before the cast of Φ to the weight's dtype was skipped when it is one already). On a
-CPU each costs a dispatch, on a GPU a kernel launch, so a deep model paid for the density in proportion to
-its depth. ``DensityStep`` is what a training step (``wconv.train``, ``wconv.fused``) turns on for a whole
+conv per step. On a CPU each costs a dispatch, on a GPU a kernel launch, so a deep model pays for the
+density in proportion to its depth. ``DensityStep`` is what a training step (``wconv.train``, ``wconv.fused``) turns on for a whole
 model instead: Φ applied once per step, a constant number of operators whatever the number of convs.
 
 Two exact forms were weighed; the multi-tensor one is used:
@@ -16,8 +15,9 @@ Two exact forms were weighed; the multi-tensor one is used:
 - *multi-tensor*: before the forward, every conv's ``W_i ∘ Φ_i`` in one ``torch._foreach_mul``; the convs run
   on those weights (``functional_call``); the backward of that one product is one more, ``∇W_i = Φ_i ∘ ∇V_i``
   with V_i = W_i ∘ Φ_i. Every product is the one the conv computes alone, element for element, so the
-  gradients, hence any optimiser's steps (SGD, momentum, Nesterov, weight decay, Adam), are bit-identical,
-  and the parameters stay W (state dicts, checkpoints and ``fuse`` unchanged). Φ is broadcast to each
+  gradients, hence any optimiser's steps (SGD, momentum, Nesterov, weight decay, Adam), are bit-identical
+  (but for a conv called twice in one forward: Φ ∘ (∇_1 + ∇_2) for Φ ∘ ∇_1 + Φ ∘ ∇_2, equal up to
+  rounding), and the parameters stay W (state dicts, checkpoints and ``fuse`` unchanged). Φ is broadcast to each
   weight's shape and strides once and kept, so the product takes the multi-tensor kernel's fast path (one
   CUDA launch for all tensors).
 - *reparametrised*: the convs hold V = Φ ∘ W and train it with ``g_V`` preconditioned by Φ². With
@@ -28,9 +28,9 @@ Two exact forms were weighed; the multi-tensor one is used:
   rescaled), and W = V / Φ must be recovered for every checkpoint and best-epoch state.
 
 Measured on ResNet-56 (55 weighted 3×3 convs, batch 32, one CPU thread, SGD with momentum and weight
-decay, CPU time, interleaved against the standard model): the density adds 110 outermost aten operators
-per step per conv alone, 2 multi-tensor, 1 reparametrised; weighted/standard 1.020, 0.996 and 1.001 with a
-standard/standard control at 1.024 — both forms are inside this machine's noise, so exactness for every
+decay, CPU time, interleaved against the standard model), the outermost aten operators the density adds
+per step are 110 with each conv alone, 2 multi-tensor and 1 reparametrised; weighted/standard 1.020, 0.996
+and 1.001, with a standard/standard control at 1.024 — both forms are inside this machine's noise, so exactness for every
 optimiser and an unchanged parameter format decide. Learnable-α convs keep their own forward (their Φ is
 recomputed from α at every call, a handful of operators of its own), exact as before.
 """
@@ -416,19 +416,20 @@ class DensityStep:
         self.model = model
         self.convs = {f"{name}.weight" if name else "weight": m for name, m in model.named_modules()
                       if once and isinstance(m, _WeightedConv) and m.log_alpha is None}
-        self._broadcast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._broadcast: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
     def _phi_like(self, name: str, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Φ (with any leading stacked dimensions of a fused group) broadcast to ``weight``'s shape, strides
-        and dtype; computed again only when Φ is another tensor or the weight's layout changed."""
+        and dtype; computed again only when Φ is another tensor or was changed, or the weight's layout changed."""
         kept = self._broadcast.get(name)
-        if (kept is not None and kept[0] is phi and kept[1].shape == weight.shape and kept[1].dtype == weight.dtype
-                and kept[1].stride() == weight.stride() and kept[1].device == weight.device):
-            return kept[1]
+        if (kept is not None and kept[0] is phi and kept[1] == phi._version and kept[2].shape == weight.shape
+                and kept[2].dtype == weight.dtype and kept[2].stride() == weight.stride()
+                and kept[2].device == weight.device):
+            return kept[2]
         lead = phi.dim() - len(self.convs[name].kernel_size)  # stacked: Φ (K, k, k), weight (K, out, in, k, k)
         with torch.no_grad():
             full = torch.empty_like(weight).copy_(phi.reshape(*phi.shape[:lead], 1, 1, *phi.shape[lead:]))
-        self._broadcast[name] = (phi, full)
+        self._broadcast[name] = (phi, phi._version, full)
         return full
 
     def weights(self, params: Optional[Mapping[str, torch.Tensor]] = None,
