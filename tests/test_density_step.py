@@ -107,7 +107,8 @@ def test_run_group_once_per_step_equals_the_per_conv_operator(float64, per_conv,
     reference = run(tmp_path / "reference")
     for i, (a, b) in enumerate(zip(reference, once)):
         _assert_same(a, b)
-        _models_equal(tmp_path / "reference" / f"member-{i}" / CHECKPOINT, tmp_path / "once" / f"member-{i}" / CHECKPOINT)
+        member = f"member-{i}"
+        _models_equal(tmp_path / "reference" / member / CHECKPOINT, tmp_path / "once" / member / CHECKPOINT)
 
 
 def _outermost_aten(prof) -> int:

@@ -7,32 +7,33 @@ subclass ``nn.Conv1d/2d/3d`` with torch's exact constructor, so init loops, stat
 
 Used alone, each conv computes ``W ∘ Φ`` in its forward and ``Φ ∘ ∇`` in its backward: two operators per
 conv per step. On a CPU each costs a dispatch, on a GPU a kernel launch, so a deep model pays for the
-density in proportion to its depth. ``DensityStep`` is what a training step (``wconv.train``, ``wconv.fused``) turns on for a whole
-model instead: Φ applied once per step, a constant number of operators whatever the number of convs.
+density in proportion to its depth. ``DensityStep`` is what a training step (``wconv.train``,
+``wconv.fused``) turns on for a whole model instead: Φ applied once per step, a constant number of
+operators whatever the number of convs.
 
 Two exact forms were weighed; the multi-tensor one is used:
 
-- *multi-tensor*: before the forward, every conv's ``W_i ∘ Φ_i`` in one ``torch._foreach_mul``; the convs run
-  on those weights (``functional_call``); the backward of that one product is one more, ``∇W_i = Φ_i ∘ ∇V_i``
-  with V_i = W_i ∘ Φ_i. Every product is the one the conv computes alone, element for element, so the
-  gradients, hence any optimiser's steps (SGD, momentum, Nesterov, weight decay, Adam), are bit-identical
-  (but for a conv called twice in one forward: Φ ∘ (∇_1 + ∇_2) for Φ ∘ ∇_1 + Φ ∘ ∇_2, equal up to
-  rounding), and the parameters stay W (state dicts, checkpoints and ``fuse`` unchanged). Φ is broadcast to each
-  weight's shape and strides once and kept, so the product takes the multi-tensor kernel's fast path (one
-  CUDA launch for all tensors).
+- *multi-tensor*: before the forward, every conv's ``W_i ∘ Φ_i`` in one ``torch._foreach_mul``; the convs
+  run on those weights (``functional_call``); the backward of that one product is one more,
+  ``∇W_i = Φ_i ∘ ∇V_i`` with V_i = W_i ∘ Φ_i. Every product is the one the conv computes alone, element for
+  element, so the gradients, hence any optimiser's steps (SGD, momentum, Nesterov, weight decay, Adam), are
+  bit-identical (but for a conv called twice in one forward: Φ ∘ (∇_1 + ∇_2) for Φ ∘ ∇_1 + Φ ∘ ∇_2, equal
+  up to rounding), and the parameters stay W (state dicts, checkpoints and ``fuse`` unchanged). Φ is
+  broadcast to each weight's shape and strides once and kept, so the product takes the multi-tensor
+  kernel's fast path (one CUDA launch for all tensors).
 - *reparametrised*: the convs hold V = Φ ∘ W and train it with ``g_V`` preconditioned by Φ². With
-  ``g_W = Φ ∘ g_V``, SGD's recursion ``b ← μ b + g_W + λ W``, ``W ← W − η b`` multiplied by the fixed Φ is
-  ``Φb ← μ Φb + Φ² ∘ g_V + λ V``, ``V ← V − η Φb``: the same trajectory (up to rounding) for momentum, Nesterov,
-  weight decay and any LR schedule, with one operator per step (``Φ² ∘ g_V`` after the backward) and none in
-  the forward. Not for Adam (its ε is not scaled by Φ), not for learnable α (Φ changes, so V must be
-  rescaled), and W = V / Φ must be recovered for every checkpoint and best-epoch state.
+  ``g_W = Φ ∘ g_V``, SGD's recursion ``b ← μ b + g_W + λ W``, ``W ← W − η b`` multiplied by the fixed Φ
+  is ``Φb ← μ Φb + Φ² ∘ g_V + λ V``, ``V ← V − η Φb``: the same trajectory (up to rounding) for momentum,
+  Nesterov, weight decay and any LR schedule, with one operator per step (``Φ² ∘ g_V`` after the backward)
+  and none in the forward. Not for Adam (its ε is not scaled by Φ), not for learnable α (Φ changes, so V
+  must be rescaled), and W = V / Φ must be recovered for every checkpoint and best-epoch state.
 
 Measured on ResNet-56 (55 weighted 3×3 convs, batch 32, one CPU thread, SGD with momentum and weight
 decay, CPU time, interleaved against the standard model), the outermost aten operators the density adds
-per step are 110 with each conv alone, 2 multi-tensor and 1 reparametrised; weighted/standard 1.020, 0.996
-and 1.001, with a standard/standard control at 1.024 — both forms are inside this machine's noise, so exactness for every
-optimiser and an unchanged parameter format decide. Learnable-α convs keep their own forward (their Φ is
-recomputed from α at every call, a handful of operators of its own), exact as before.
+per step are 110 with each conv alone, 2 multi-tensor and 1 reparametrised; weighted/standard 1.020,
+0.996 and 1.001, with a standard/standard control at 1.024. Both forms are inside this machine's noise, so
+exactness for every optimiser and an unchanged parameter format decide. Learnable-α convs keep their own
+forward (their Φ is recomputed from α at every call, a handful of operators of its own), exact as before.
 """
 
 from __future__ import annotations
@@ -460,6 +461,7 @@ class DensityStep:
                 m.weight_is_effective = False
 
     def forward(self, weights: Mapping[str, torch.Tensor], *args, **kwargs):
-        """The model on ``args`` with ``weights`` (``weights()``) in place of the convs' weights; inside ``applied()``."""
+        """The model on ``args`` with ``weights`` (``weights()``) in place of the convs' weights, inside
+        ``applied()``."""
         # tie_weights=False: a tensor tied to a weighted conv's weight elsewhere keeps W, not W ∘ Φ.
         return functional_call(self.model, dict(weights), args, kwargs, tie_weights=False)

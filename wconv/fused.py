@@ -172,7 +172,8 @@ class _Group:
         self.losses, self.outputs = _compiled(self._losses, tc), _compiled(self._outputs, tc)
 
     def _weighted(self, params: dict, buffers: dict) -> dict:
-        """``params`` with every fixed-Φ conv's stacked weight replaced by ``W ∘ Φ`` (run inside ``density.applied()``)."""
+        """``params`` with every fixed-Φ conv's stacked weight replaced by ``W ∘ Φ``; run the base with them
+        inside ``density.applied()``."""
         return {**params, **self.density.weights(params, buffers)}
 
     def _groups(self) -> list[dict]:
