@@ -729,3 +729,96 @@ def test_density_takes_one_size_per_dimension_and_refuses_a_bare_int():
                                              r"\(3, 3\) for a 3×3 kernel or \(3,\) for 1-D, got 3"
                            if bad == 3 else "one size per dimension"):
             density(bad, 0.8)
+
+
+# --- Φ once per step (DensityStep) ----------------------------------------------------------------------------------
+
+
+class _Mixed(nn.Module):
+    """1D, 2D and 3D weighted convs with fixed and learnable α, a plain conv and a conv used twice."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        f64 = {"dtype": torch.float64}
+        shared = WeightedConv2d(4, 4, 3, padding=1, alpha=0.7, **f64)
+        self.d1 = WeightedConv1d(2, 3, 5, padding=2, alpha=(0.2, 0.6), **f64)
+        self.d2 = nn.Sequential(WeightedConv2d(2, 4, 3, padding=1, alpha=0.5, **f64), shared, shared,
+                                WeightedConv2d(4, 4, 3, padding=1, alpha=1.3, learnable=True, **f64),
+                                nn.Conv2d(4, 2, 3, padding=1, **f64))
+        self.d3 = WeightedConv3d(2, 2, 3, padding=1, alpha=((0.4,), (0.8,), (0.9,)), **f64)
+
+    def forward(self, x1, x2, x3):
+        return sum((y ** 2).sum() for y in (self.d1(x1), self.d2(x2), self.d3(x3)))
+
+
+def test_density_step_gives_the_outputs_and_gradients_of_the_convs_alone_bit_for_bit():
+    from wconv.conv import DensityStep
+
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2, 2, *[6] * d, generator=g, dtype=torch.float64) for d in (1, 2, 3)]
+    alone, stepped = _Mixed(), _Mixed()
+    expected = alone(*xs)
+    expected.backward()
+    step = DensityStep(stepped)
+    assert sorted(step.convs) == ["d1.weight", "d2.0.weight", "d2.1.weight", "d3.weight"]  # fixed α, each once
+    with step.applied():
+        out = step.forward(step.weights(), *xs)
+    out.backward()
+    assert torch.equal(out, expected)
+    for (name, a), b in zip(alone.named_parameters(), stepped.parameters()):
+        if name == "d2.1.weight":  # used twice: Φ ∘ (∇_1 + ∇_2) here, Φ ∘ ∇_1 + Φ ∘ ∇_2 alone
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-13, atol=0)
+        else:  # ∇W = Φ ∘ ∇(W ∘ Φ), the very product; learnable α and the plain conv as alone
+            assert torch.equal(a.grad, b.grad), name
+    assert not any(m.weight_is_effective for m in step.convs.values())  # off again once the step is done
+    assert torch.equal(stepped(*xs), expected)  # outside applied(): the operator as always
+
+
+def test_density_step_leaves_the_modules_state_dict_and_meaning_alone_even_after_an_error():
+    from wconv.conv import DensityStep
+
+    model = nn.Sequential(WeightedConv2d(2, 2, 3, alpha=0.6), nn.Conv2d(2, 2, 1))
+    keys = list(model.state_dict())
+    step = DensityStep(model)
+    with pytest.raises(RuntimeError):
+        with step.applied():
+            step.forward(step.weights(), torch.randn(1, 3, 5, 5))  # wrong channel count
+    assert not model[0].weight_is_effective and list(model.state_dict()) == keys
+    nn.Sequential(nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 1)).load_state_dict(model.state_dict())
+    reference = DensityStep(model, once=False)
+    assert reference.convs == {} and reference.weights() == {}
+
+
+def test_density_step_on_stacked_fused_weights_matches_each_member():
+    from torch.func import stack_module_state, vmap
+
+    from wconv.conv import DensityStep
+
+    torch.manual_seed(0)
+    members = [WeightedConv2d(2, 3, 5, padding=2, alpha=a, dtype=torch.float64) for a in ((0.2, 0.6), (0.9, 1.1))]
+    params, buffers = stack_module_state(members)
+    base = copy.deepcopy(members[0]).to("meta")
+    step = DensityStep(base)
+    x = torch.randn(2, 2, 7, 7, dtype=torch.float64)
+    run = vmap(lambda p, b: torch.func.functional_call(base, (p, b), (x,)))
+    per_conv = run(params, buffers)
+    with step.applied():
+        out = run({**params, **step.weights(params, buffers)}, buffers)
+    assert torch.equal(out, per_conv)  # the same stacked conv on the same products
+    for k, m in enumerate(members):  # each member's own Φ (vmap's one wide conv sums in another order)
+        torch.testing.assert_close(out[k], m(x), rtol=1e-12, atol=1e-14)
+
+
+def test_density_step_follows_the_model_to_another_dtype():
+    from wconv import DensityStep
+
+    model = nn.Sequential(WeightedConv2d(2, 2, 5, padding=2, alpha=(0.1, 0.7)))
+    step = DensityStep(model)
+    x = torch.randn(1, 2, 6, 6)
+    with step.applied():
+        assert torch.equal(step.forward(step.weights(), x), fuse(copy.deepcopy(model))(x))
+    model.double()  # Φ is recomputed in float64: the broadcast one is too
+    with step.applied():
+        out = step.forward(step.weights(), x.double())
+    assert out.dtype == torch.float64 and torch.equal(out, fuse(copy.deepcopy(model))(x.double()))

@@ -217,7 +217,7 @@ def test_tasks_of_a_prepared_sweep_pickle_without_the_password(password_db, tmp_
 def test_submit_refuses_a_password_in_the_url_saying_how_to_use_pgpass(tmp_path):
     url = f"postgresql+psycopg://wconv:{PASSWORD}@127.0.0.1:1/wconv"
     sweep = str(_sweep_file(tmp_path, "refused"))
-    cluster = str(ROOT / "slurm" / "local.yaml")
+    cluster = "local"
     no_slurm = {"PATH": str(Path(sys.executable).parent)}  # were the refusal missing, nothing could reach SLURM
     for command in (["submit", sweep, "--cluster", cluster], ["confirm", sweep, "--seeds", "2", "--alpha", "0.9",
                                                              "--cluster", cluster]):
@@ -232,7 +232,7 @@ def test_submit_refuses_a_password_in_the_url_saying_how_to_use_pgpass(tmp_path)
 def test_a_dry_run_warns_of_the_password_and_writes_nothing(password_db, tmp_path):
     import psycopg
 
-    dry = _wconv("submit", str(_sweep_file(tmp_path, "dry")), "--cluster", str(ROOT / "slurm" / "local.yaml"),
+    dry = _wconv("submit", str(_sweep_file(tmp_path, "dry")), "--cluster", "local",
                  "--storage", password_db["url"], "--runs-dir", str(tmp_path / "runs"), "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr[-2000:]
     warning = [line for line in dry.stdout.splitlines() if line.startswith("warning:")]
@@ -253,7 +253,7 @@ def test_a_launcher_given_a_task_with_a_password_submits_and_writes_nothing(tmp_
 
     url = f"postgresql+psycopg://wconv:{PASSWORD}@127.0.0.1:1/wconv"
     sweep = load_sweep(_sweep_file(tmp_path, "direct")).model_copy(update={"storage": url})
-    launcher = SlurmLauncher(load_profile(ROOT / "slurm" / "local.yaml"), tmp_path / "slurm")
+    launcher = SlurmLauncher(load_profile("local"), tmp_path / "slurm")
     with pytest.raises(SubmitError, match="~/.pgpass"):
         launcher.submit(sweep, plan_tasks(sweep, tmp_path / "runs"))
     assert not (tmp_path / "slurm").exists()

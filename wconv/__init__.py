@@ -4,6 +4,7 @@ The library knows nothing of sweeps, SLURM or databases (those live in ``launch/
 """
 
 from wconv.conv import (
+    DensityStep,
     WeightedConv1d,
     WeightedConv2d,
     WeightedConv3d,
@@ -16,6 +17,7 @@ from wconv.conv import (
 )
 
 __all__ = [
+    "DensityStep",
     "WeightedConv1d",
     "WeightedConv2d",
     "WeightedConv3d",

@@ -20,6 +20,9 @@ Why ``torch.func`` (``stack_module_state`` + ``functional_call`` under ``vmap``)
   and the cosine schedule are elementwise and step together, so each member's slice gets exactly the
   update it gets alone; learnable α (``log_alpha``) is stacked like any parameter and kept out of weight
   decay as ``wconv.param_groups`` does. Dropping a member slices parameters, buffers and optimiser state.
+- Φ once per step: every fixed-Φ conv's stacked weight is multiplied by its members' stacked Φ in one
+  multi-tensor product before the vmapped forward, and its gradient in one after the backward
+  (``wconv.conv.DensityStep``), instead of a product per conv inside the forward and another in the backward.
 - The cost of generality: the batching rules pick generic kernels (the stacked 5-D weights are not
   channels_last); ``benchmarks/gpu.py`` measures what fusion gains per member.
 
@@ -62,7 +65,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from wconv.checkpoint import load_checkpoint
-from wconv.conv import param_groups
+from wconv.conv import DensityStep, param_groups
 from wconv.train import (
     ALPHA,
     BEST_EPOCH,
@@ -157,6 +160,8 @@ class _Group:
                              for g in param_groups(template, tc.weight_decay)]
         self.params, self.buffers = stack_module_state(modules)
         self.base = copy.deepcopy(template).to("meta")
+        self.density = DensityStep(self.base)
+        """Φ once per step for every member and conv: one product of the stacked weights (``wconv.conv``)."""
         self.optimizer, self.scheduler = make_optimizer(self._groups(), tc)
         self.order = torch.Generator().manual_seed(members[0].seed)
         self.active = list(range(len(members)))
@@ -166,6 +171,11 @@ class _Group:
         self.about = [dict(_about(self.device, m.baseline), **{MEMBER: i, ALPHA: None if m.alpha is None
                                                                else list(m.alpha)}) for i, m in enumerate(members)]
         self.losses, self.outputs = _compiled(self._losses, tc), _compiled(self._outputs, tc)
+
+    def _weighted(self, params: dict, buffers: dict) -> dict:
+        """``params`` with every fixed-Φ conv's stacked weight replaced by ``W ∘ Φ``; run the base with them
+        inside ``density.applied()``."""
+        return {**params, **self.density.weights(params, buffers)}
 
     def _groups(self) -> list[dict]:
         return [{"params": [self.params[n] for n in names], "weight_decay": wd} for names, wd in self.param_groups]
@@ -190,25 +200,29 @@ class _Group:
         tc = self.training
         self.base.train()
         totals, n = torch.zeros(len(self.active), device=self.device), 0
-        for step, (x, y) in enumerate(self.data.train.batches(tc.batch_size, self.order)):
-            if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
-                break
-            x, y = as_model_dtype(x, y, self.dtype)
-            with self.autocast():
-                losses = self.losses(self.params, self.buffers, x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # members share no parameter: each gets its own gradient
-            self.optimizer.step()
-            totals += losses.detach() * len(x)  # summed on the device: no host sync per step
-            n += len(x)
+        with self.density.applied():
+            for step, (x, y) in enumerate(self.data.train.batches(tc.batch_size, self.order)):
+                if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
+                    break
+                x, y = as_model_dtype(x, y, self.dtype)
+                with self.autocast():
+                    losses = self.losses(self._weighted(self.params, self.buffers), self.buffers, x, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()  # members share no parameter: each gets its own gradient
+                self.optimizer.step()
+                totals += losses.detach() * len(x)  # summed on the device: no host sync per step
+                n += len(x)
         self.scheduler.step()
         return [t / max(n, 1) for t in totals.tolist()]
 
     def evaluate(self, params: dict, buffers: dict, split, prefix: str, final: bool = False) -> list[dict]:
         self.base.eval()
         count = len(next(iter(params.values())))
-        return self.task.evaluate(lambda x: self.outputs(params, buffers, x), count, split,
-                                  self.training.batch_size, self.autocast, self.dtype, prefix, final)
+        with torch.no_grad():
+            weighted = self._weighted(params, buffers)  # once for the whole split: the weights do not change
+        with self.density.applied():
+            return self.task.evaluate(lambda x: self.outputs(weighted, buffers, x), count, split,
+                                      self.training.batch_size, self.autocast, self.dtype, prefix, final)
 
     def validate(self) -> list[dict]:
         return self.evaluate(self.params, self.buffers, self.data.val, VAL)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from wconv.checkpoint import load_checkpoint
-from wconv.conv import convert, param_groups, scale_init
+from wconv.conv import DensityStep, convert, param_groups, scale_init
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
 
 
@@ -506,7 +506,9 @@ class _Trial:
         self.dtype = next(self.setup.model.parameters()).dtype
         self.about = _about(self.device, config.baseline)
         self.progress = _Progress()
-        self.forward = _compiled(self.setup.model, self.training)
+        self.density = DensityStep(self.setup.model)
+        """Φ once per step for the whole model (``wconv.conv``): ``forward(density.weights(), x)``."""
+        self.forward = _compiled(self.density.forward, self.training)
 
     def autocast(self):
         return _autocast(self.device, self.training)
@@ -535,24 +537,28 @@ class _Trial:
         s, tc = self.setup, self.training
         s.model.train()
         total, n = torch.zeros((), device=self.device), 0
-        for step, (x, y) in enumerate(s.data.train.batches(tc.batch_size, s.order)):
-            if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
-                break
-            x, y = as_model_dtype(x, y, self.dtype)
-            with self.autocast():
-                loss = self.task.loss_of(self.forward(x), y)
-            s.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            s.optimizer.step()
-            total += loss.detach() * len(x)  # summed on the device: no host sync per step
-            n += len(x)
+        with self.density.applied():
+            for step, (x, y) in enumerate(s.data.train.batches(tc.batch_size, s.order)):
+                if tc.max_steps_per_epoch is not None and step >= tc.max_steps_per_epoch:
+                    break
+                x, y = as_model_dtype(x, y, self.dtype)
+                with self.autocast():
+                    loss = self.task.loss_of(self.forward(self.density.weights(), x), y)
+                s.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                s.optimizer.step()
+                total += loss.detach() * len(x)  # summed on the device: no host sync per step
+                n += len(x)
         s.scheduler.step()
         return total.item() / max(n, 1)
 
     def evaluate(self, split, prefix: str, final: bool = False) -> dict:
         self.setup.model.eval()
-        return self.task.evaluate(lambda x: self.forward(x)[None], 1, split, self.training.batch_size,
-                                  self.autocast, self.dtype, prefix, final)[0]
+        with torch.no_grad():
+            weights = self.density.weights()  # once for the whole split: the weights do not change
+        with self.density.applied():
+            return self.task.evaluate(lambda x: self.forward(weights, x)[None], 1, split, self.training.batch_size,
+                                      self.autocast, self.dtype, prefix, final)[0]
 
     def validate(self) -> dict:
         return self.evaluate(self.setup.data.val, VAL)
