@@ -58,8 +58,8 @@ def store_timing(store) -> StoreTiming:
     groups: dict[tuple, list[tuple[float, str]]] = {}
     for row in trials.to_dict("records"):
         spec = specs.get(row["sweep"])
-        if spec is None:
-            continue
+        if spec is None or row.get("kernel_size") is None or row["kernel_size"] != row["kernel_size"]:
+            continue  # not a sweep's trial, or no kernel size (NaN)
         options = next((m.get("options") or {} for m in spec.get("models", [])
                         if isinstance(m, dict) and m.get("name") == row["model"]), {})
         key = (row["model"], _options_key(options), (spec.get("dataset") or {}).get("name"))

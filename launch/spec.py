@@ -143,6 +143,15 @@ class SearchSpec(_Strict):
     grid_points: Optional[int] = Field(None, ge=2)
     """With ``sampler: grid`` (and only then; it is required there): N evenly spaced values over each free
     coefficient's [low, high], both ends included, so N^d points for d coefficients (25 for a 5×5 kernel at N = 5)."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_sampler(self, handler):
+        """The TPE default is left out of the dump, so a sweep recorded before samplers were a field keeps its
+        identity (``launch.cell.spec_hash``)."""
+        dumped = handler(self)
+        if dumped.get("sampler") == "tpe" and dumped.get("grid_points") is None:
+            dumped = {k: v for k, v in dumped.items() if k not in ("sampler", "grid_points")}
+        return dumped
     max_concurrent: Optional[int] = Field(None, ge=1)
     """Trials running at once; default: as many as the resources allow."""
 

@@ -118,6 +118,11 @@ def test_grid_claims_take_every_point_once_across_a_resume(tmp_path):
     done = [t for t in second.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 9  # every point told, the baseline's included
     duplicates = [t for t in second.study.trials if t.user_attrs.get("duplicate")]
+    # Every process's GridSampler names the same point by the same index (its seed shuffles the grid).
+    grid_of = second.study.sampler._all_grids
+    asked = [t for t in second.study.trials if "grid_id" in t.system_attrs]
+    assert len(asked) >= 8 and all(grid_of[t.system_attrs["grid_id"]] == (t.params["alpha_1"], t.params["alpha_2"])
+                                   for t in asked)
     # The grid's point α = 1 is the baseline: if the grid proposes it, it is told as a duplicate; nothing else is.
     assert {tuple(t.params.values()) for t in duplicates} <= {(1.0, 1.0)} and len(duplicates) <= 1
 
