@@ -22,20 +22,30 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_plan(args) -> None:
-    from launch.cell import asha_rungs, cell_epochs, epoch_budget, seconds_per_epoch, trials_per_cell
-    from launch.spec import load_sweep
+    from launch.budget import seconds_per_epoch
+    from launch.cell import asha_rungs, cell_epochs, epoch_budget, trials_per_cell
+    from launch.spec import grid_has_baseline, load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
     tc = sweep.training_config()
-    measured = _seconds_per_epoch(sweep)
+    timing = _seconds_per_epoch(sweep)
     print(f"sweep {sweep.name!r} ({sweep.task}, dataset {sweep.dataset.name}): optimise {sweep.metric} ({sweep.mode}), "
           f"scheduler {sweep.scheduler.type}, {tc.epochs} epochs per trial")
+    if sweep.search.sampler == "grid":
+        n, k = sweep.search.grid_points, next(iter(sorted(sweep.kernels)))
+        points = n ** len(sweep.kernels[k])
+        print(f"grid search: {n} values per free coefficient, {points} grid points per cell"
+              + (", α = 1 among them (the baseline)" if grid_has_baseline(sweep.kernels[k], n)
+                 else ", plus the α = 1 baseline"))
+    else:
+        print(f"{sweep.search.sampler} sampler: {sweep.search.num_samples} sampled α per cell, plus the α = 1 baseline")
     print(f"{'cell':<28} {'α ranges':<30} {'trials':>6} {'epochs (worst)':>14} {'expected':>9} {'rough time':>11}  "
           "timing from")
-    total_time = 0.0
+    total_time, sources = 0.0, set()
     for cell in sweep.cells():
         worst, expected = cell_epochs(sweep)
-        seconds, source = seconds_per_epoch(cell, measured)
+        seconds, source = seconds_per_epoch(sweep, cell, timing)
+        sources.add(source.split(" (")[0])
         total_time += (seconds or 0) * expected
         shown = _duration(seconds * expected) if seconds else "-"
         print(f"{cell.id:<28} {str(list(cell.ranges)):<30} {trials_per_cell(sweep):>6} {worst:>14} {expected:>9.0f} "
@@ -47,20 +57,17 @@ def _cmd_plan(args) -> None:
     if sweep.scheduler.type == "asha":
         print(f"ASHA compares trials at epochs {', '.join(map(str, asha_rungs(sweep)))} of {tc.epochs}; "
               "the trials it stops there count as stopped, never as the best")
-    if not measured:
-        print("rough time comes from earlier trials of the same model in the results database, else the paper's "
-              "A100 timings (Tables 4 and 6); run a short sweep first to time this machine")
+    if sources != {"earlier trials"}:
+        print("rough time comes from earlier trials of the same model and dataset in the results database, else "
+              "benchmarks/gpu.py's measurements shipped with wconv (per GPU card, paper-size models on cifar100 or "
+              "div2k), else the paper's A100 timings (Tables 4 and 6); run a short sweep first to time this machine")
 
 
-def _seconds_per_epoch(sweep) -> dict[str, float]:
-    """Median wall time per epoch of earlier trials of each model in this sweep's database (read-only)."""
-    from analysis.store import NoResults, Store
+def _seconds_per_epoch(sweep):
+    """Epoch times of the earlier trials in this sweep's database (read-only; ``launch.budget``)."""
+    from launch.budget import read_store_timing
 
-    try:
-        with Store(sweep.storage, create=False) as store:
-            return store.seconds_per_epoch()
-    except NoResults:
-        return {}
+    return read_store_timing(sweep.storage)
 
 
 def _duration(seconds: float) -> str:
@@ -73,9 +80,10 @@ def _duration(seconds: float) -> str:
 
 def _cmd_run(args) -> None:
     from launch.local import run_sweep
-    from launch.spec import load_sweep
+    from launch.spec import load_sweep, refuse_fused_groups
 
     sweep = load_sweep(args.sweep, args.set)
+    refuse_fused_groups(sweep, args.sweep)
     if args.storage:
         sweep = sweep.model_copy(update={"storage": args.storage})
     run_sweep(sweep, runs_dir=args.runs_dir, num_cpus=args.num_cpus)
@@ -131,9 +139,10 @@ def _cmd_data(args) -> None:
 def _cmd_submit(args) -> None:
     from launch.profile import load_profile
     from launch.slurm import submit_sweep
-    from launch.spec import load_sweep
+    from launch.spec import load_sweep, refuse_fused_groups
 
     sweep = load_sweep(args.sweep, args.set)
+    refuse_fused_groups(sweep, args.sweep)
     if args.storage:
         sweep = sweep.model_copy(update={"storage": args.storage})
     profile = load_profile(args.cluster)
@@ -144,6 +153,9 @@ def _cmd_confirm(args) -> None:
     from launch.confirm import confirm_sweep, find_sweep
 
     sweep = find_sweep(args.sweep, args.set, args.storage)
+    from launch.spec import refuse_fused_groups
+
+    refuse_fused_groups(sweep, args.sweep)
     launcher = None
     if args.cluster:
         from launch.profile import load_profile

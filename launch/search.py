@@ -82,14 +82,38 @@ def study_storage(sweep: Sweep, runs_dir: Path):
 
 def open_study(sweep: Sweep, cell: Cell, storage):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Each process draws from its own stream: the study already holds every earlier draw, so a
-    # resumed or second worker does not replay the first one's random start-up proposals.
-    sampler_seed = sweep.search.seed
     study = optuna.create_study(storage=storage, study_name=study_name(sweep, cell), load_if_exists=True,
                                 direction="maximize" if sweep.mode == "max" else "minimize")
-    sampler_seed += 7919 * len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+    study.sampler = make_sampler(sweep, cell, len(study.get_trials(deepcopy=False)))
     return study
+
+
+class CellGrid(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, except that it never calls ``study.stop()`` (which works only inside
+    ``study.optimize``): the store's count ends a cell (``num_samples + 1`` trials), not the sampler."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def make_sampler(sweep: Sweep, cell: Cell, asked: int) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler (``search.sampler``) for a study that holds ``asked`` trials.
+
+    TPE and random: each process draws from its own stream (the seed offset by the trials so far): the study
+    already holds every earlier draw, so a resumed or second worker does not replay the first one's random
+    start-up proposals. Grid: one seed everywhere, because GridSampler names a point by its index in the grid
+    that its seed shuffles, and the indices in the study (``grid_id``) must mean the same points to every
+    process; it proposes points that no trial of the study has taken, so a resumed or second worker moves on.
+    The grid's point at α = 1 is the baseline: proposed, it is already in the cell and told as a duplicate."""
+    seed = sweep.search.seed
+    if sweep.search.sampler == "grid":
+        from launch.spec import grid_axes
+
+        return CellGrid(dict(zip(alpha_names(cell), grid_axes(cell.ranges, sweep.search.grid_points))), seed=seed)
+    seed += 7919 * asked
+    if sweep.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def outcome(result: Optional[dict], error: bool) -> str:

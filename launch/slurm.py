@@ -31,6 +31,7 @@ from typing import Optional, Sequence, TextIO
 import submitit
 
 from analysis.store import Store
+from launch.budget import StoreTiming, store_timing
 from launch.cell import cell_finished, prepare_sweep
 from launch.launcher import OWNER_ONLY_UMASK, ResourceError, SubmitError, Task, owner_only, plan_tasks
 from launch.profile import ClusterProfile
@@ -197,20 +198,23 @@ def _active_jobs(store: Store, sweep: str) -> list[str]:
     return [j for j in ids if any(s in ACTIVE for k, s in states.items() if k.split("_")[0] == j)]
 
 
-def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: dict[str, float]) -> list[str]:
-    """GPU-hours of the worst case (every trial to the full budget) and of the expected ASHA case."""
-    from launch.cell import cell_epochs, seconds_per_epoch
+def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: StoreTiming) -> list[str]:
+    """GPU-hours of the worst case (every trial to the full budget) and of the expected ASHA case; seconds per
+    epoch as ``launch.budget`` finds them (``measured``: the store's earlier trials)."""
+    from launch.budget import seconds_per_epoch
+    from launch.cell import cell_epochs
 
     worst_h = expected_h = 0.0
-    sources, unknown = set(), []
+    sources, unknown, each = set(), [], []
     gpus = sweep.resources.gpus_per_trial or 0
     for cell in {t.cell.id: t.cell for t in tasks}.values():
         worst, expected = cell_epochs(sweep)
-        seconds, source = seconds_per_epoch(cell, measured)
+        seconds, source = seconds_per_epoch(sweep, cell, measured)
         if seconds is None:
             unknown.append(cell.model)
             continue
         sources.add(source)
+        each.append(f"{cell.id} {seconds:.3g} s ({source})")
         worst_h += worst * seconds * gpus / 3600
         expected_h += expected * seconds * gpus / 3600
     worst, expected = cell_epochs(sweep)
@@ -220,6 +224,8 @@ def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: dict[str, float]
         lines.append(f"GPU-hours: {worst_h:.1f} worst case, {expected_h:.1f} expected under ASHA "
                      f"(seconds per epoch from {', '.join(sorted(sources)) or '-'}"
                      + (f"; no timing for {', '.join(sorted(set(unknown)))}" if unknown else "") + ")")
+    if each:
+        lines.append("seconds per epoch: " + "; ".join(each))
     return lines
 
 
@@ -241,7 +247,7 @@ def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *,
             raise problem
     launcher = SlurmLauncher(profile, runs_dir / sweep.name / "slurm", account)
     launcher.executor([])  # an unusable profile (e.g. no account) is refused before anything is written
-    measured, todo, active = {}, sweep.cells(), []
+    measured, todo, active = StoreTiming(), sweep.cells(), []
     with refused:
         measured, todo, active = _store_state(sweep, dry_run)
     if active:
@@ -294,16 +300,16 @@ class _Refusals:
         return True
 
 
-def _store_state(sweep: Sweep, dry_run: bool) -> tuple[dict, list, list]:
+def _store_state(sweep: Sweep, dry_run: bool) -> tuple[StoreTiming, list, list]:
     """Timings, unfinished cells and active jobs of the sweep in its store (a dry run writes nothing)."""
     from analysis.store import NoResults
 
     try:
         with Store(sweep.storage, create=not dry_run) as store:
             todo = [c for c in sweep.cells() if not cell_finished(store, sweep, c)]
-            return store.seconds_per_epoch(), todo, [] if dry_run else _active_jobs(store, sweep.name)
+            return store_timing(store), todo, [] if dry_run else _active_jobs(store, sweep.name)
     except NoResults:
-        return {}, sweep.cells(), []
+        return StoreTiming(), sweep.cells(), []
 
 
 def recorded_jobs(store: Store, sweep: str) -> list[dict]:

@@ -33,6 +33,8 @@ MAX_FILE_BYTES = 1 << 20
 """A sweep file is a few lines of YAML; anything larger is the wrong file (a database, a dataset)."""
 SEED_LIMIT = 2**31
 """Seeds feed torch, NumPy and Optuna's sampler; NumPy takes 32-bit ones, Optuna adds offsets to them."""
+MAX_GRID = 100_000
+"""The most points a grid search may have per cell: Optuna's GridSampler lists every combination up front."""
 
 def task_metrics(task: str) -> dict[str, str]:
     """The validation metrics a ``task``'s sweep can optimise, with their directions."""
@@ -126,13 +128,30 @@ def _named(value: Any) -> Any:
 
 class SearchSpec(_Strict):
     num_samples: int = Field(16, ge=1)
-    """Trials sampled by Optuna per cell, on top of the cell's α = 1 baseline."""
+    """Trials sampled by Optuna per cell, on top of the cell's α = 1 baseline. With ``sampler: grid`` it follows
+    from the grid: the grid's points, less the one equal to α = 1 if there is one (that point is the baseline,
+    not a second trial); leave it out, or give exactly that number."""
     metric: Optional[str] = None
     """Validation metric optimised; default val_accuracy (classification) or val_psnr (denoising)."""
     mode: Optional[Literal["min", "max"]] = None
     """Defaults to the metric's natural direction."""
     seed: Seed = 0
-    """Seed of the TPE sampler."""
+    """Seed of the sampler."""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """Optuna's sampler of α: ``tpe`` (TPESampler), ``random`` (RandomSampler) or ``grid`` (GridSampler over
+    ``grid_points`` values per free coefficient: every combination is one trial)."""
+    grid_points: Optional[int] = Field(None, ge=2)
+    """With ``sampler: grid`` (and only then; it is required there): N evenly spaced values over each free
+    coefficient's [low, high], both ends included, so N^d points for d coefficients (25 for a 5×5 kernel at N = 5)."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_sampler(self, handler):
+        """The TPE default is left out of the dump, so a sweep recorded before samplers were a field keeps its
+        identity (``launch.cell.spec_hash``)."""
+        dumped = handler(self)
+        if dumped.get("sampler") == "tpe" and dumped.get("grid_points") is None:
+            dumped = {k: v for k, v in dumped.items() if k not in ("sampler", "grid_points")}
+        return dumped
     max_concurrent: Optional[int] = Field(None, ge=1)
     """Trials running at once; default: as many as the resources allow."""
 
@@ -148,6 +167,10 @@ class SchedulerSpec(_Strict):
 class ResourcesSpec(_Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
+    group_size: int = Field(1, ge=1)
+    """Trials of one cell trained as one fused model (``wconv.fused``) on one trial's resources; 1: each trial
+    alone. Every model must be fusable (``wconv.models.registry.fusable``). Sweeps do not drive fused groups
+    yet: ``wconv run``, ``submit`` and ``confirm`` refuse a value above 1."""
 
 
 class _Overrides(_Strict):
@@ -225,6 +248,8 @@ class Sweep(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Sweep":
         problems = [*self._kernel_problems(), *self._list_problems()]
+        if not problems:
+            problems += self._grid_problems()
         metrics = task_metrics(self.task)
         if self.search.metric is not None and self.search.metric not in metrics:
             problems.append(f"search.metric: {self.search.metric!r} is not a {self.task} metric; "
@@ -261,6 +286,41 @@ class Sweep(_Strict):
                 if high <= low:
                     problems.append(f"kernels.{k}[{i}]: high ({high}) must be > low ({low}); swap or widen them")
         return problems
+
+    def _grid_problems(self) -> list[str]:
+        """``grid_points`` only with the grid sampler, and ``num_samples`` as the grid makes it (set here when
+        not given)."""
+        search = self.search
+        if search.sampler != "grid":
+            if search.grid_points is None:
+                return []
+            return [f"search.grid_points: only sampler grid uses it (search.sampler is {search.sampler}); drop it "
+                    "or set search.sampler: grid"]
+        if search.grid_points is None:
+            return ["search.grid_points: missing; sampler grid needs the number of values per free coefficient "
+                    "(≥ 2), e.g. grid_points: 5"]
+        samples = {}
+        for k, ranges in sorted(self.kernels.items()):
+            points = search.grid_points ** len(ranges)
+            if points > MAX_GRID:
+                return [f"search.grid_points: {search.grid_points} values over the {len(ranges)} coefficient(s) of "
+                        f"kernels.{k} make {points} trials per cell, more than {MAX_GRID}; lower it"]
+            samples[k] = points - grid_has_baseline(ranges, search.grid_points)
+        if len(set(samples.values())) > 1:
+            shown = ", ".join(f"kernels.{k}: {n}" for k, n in samples.items())
+            return [f"search.sampler: grid gives the kernel sizes different numbers of sampled trials ({shown}), "
+                    "but the cells of a sweep share one search.num_samples; put each kernel size in its own sweep"]
+        (n,) = set(samples.values())
+        if "num_samples" not in search.model_fields_set:
+            search.num_samples = n
+        elif search.num_samples != n:
+            k = next(iter(samples))
+            baseline = (", less the point α = 1, which is the baseline" if grid_has_baseline(
+                self.kernels[k], search.grid_points) else "; the α = 1 baseline runs besides")
+            return [f"search.num_samples ({search.num_samples}) contradicts the grid: {search.grid_points} value(s) "
+                    f"per coefficient of kernels.{k} make {n} sampled trials ({search.grid_points}^"
+                    f"{len(self.kernels[k])} points{baseline}); drop num_samples or set it to {n}"]
+        return []
 
     def _list_problems(self) -> list[str]:
         problems = []
@@ -306,6 +366,32 @@ class Cell:
     @property
     def id(self) -> str:
         return f"{self.model}-k{self.kernel_size}-s{self.seed}"
+
+
+def grid_axes(ranges: Sequence[tuple[float, float]], points: int) -> list[list[float]]:
+    """Per free coefficient, ``points`` evenly spaced values over [low, high], both ends exactly; the values
+    between are rounded to 12 significant digits, so that a grid written in decimals lands on its decimals
+    (0.75, not 0.7500000000000001) and on α = 1 exactly where the grid holds it."""
+    axes = []
+    for low, high in ranges:
+        inner = [min(max(float(f"{low + (high - low) * i / (points - 1):.12g}"), low), high)
+                 for i in range(1, points - 1)]
+        axes.append([float(low), *inner, float(high)])
+    return axes
+
+
+def grid_has_baseline(ranges: Sequence[tuple[float, float]], points: int) -> bool:
+    """Whether α = 1 (every coefficient 1) is one of the grid's points."""
+    return all(1.0 in axis for axis in grid_axes(ranges, points))
+
+
+def refuse_fused_groups(sweep: Sweep, path: str) -> None:
+    """Refuse ``resources.group_size`` above 1 where a sweep would run: ``wconv.fused`` trains groups, but no
+    launcher drives them yet, and running the trials one by one instead would ignore the field silently."""
+    if sweep.resources.group_size > 1:
+        raise SpecError(path, [f"resources.group_size: fused groups ({sweep.resources.group_size} trials as one "
+                               "model) are not yet driven by sweeps; set resources.group_size: 1 (or drop it) to "
+                               "run the trials one by one"])
 
 
 # -- the storage URL's password --------------------------------------------------------------------
@@ -434,6 +520,7 @@ def _option_problems(where: str, given: dict, accepted: dict, check) -> list[str
 def _check_registries(sweep: Sweep) -> list[str]:
     """Names and options that only the library knows: datasets and models, their tasks and options."""
     from wconv import data, models
+    from wconv.models.registry import fusable
 
     problems = []
     ds = sweep.dataset
@@ -455,6 +542,10 @@ def _check_registries(sweep: Sweep) -> list[str]:
                 found = _option_problems(f"models[{i}].options", m.options, models.options(m.name),
                                          lambda **o: models.check_options(m.name, kernel_size=k, **o))
                 problems += [p for p in found if p not in problems]
+            if sweep.resources.group_size > 1 and not fusable(m.name):
+                problems.append(f"models[{i}]: {m.name!r} cannot be fused (wconv.fused cannot vmap it), but "
+                                f"resources.group_size is {sweep.resources.group_size}; set resources.group_size: 1 "
+                                "or run this model in a sweep of its own")
     return problems
 
 

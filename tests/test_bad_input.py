@@ -334,6 +334,40 @@ CASES = [
       says="wconv data: --from {db}: not an archive of div2k (its archives are", id="data-from-not-an-archive"),
     C("data", "check", "cifar100", "--root", "{tmp}", "--from", "{tmp}", says="wconv data: --from gives archives to",
       id="data-check-from"),
+
+    # -- samplers and fused groups ------------------------------------------------------------------------
+    field("search.sampler", "bayes", "search.sampler: Input should be 'tpe', 'random' or 'grid', got 'bayes'"),
+    field("search.grid_points", 4, "search.grid_points: only sampler grid uses it (search.sampler is tpe); drop it "
+                                   "or set search.sampler: grid"),
+    V(says="{sweep}: search.grid_points: only sampler grid uses it (search.sampler is random)",
+      sweep={"search.sampler": "random", "search.grid_points": 3}, id="grid-points-with-random"),
+    V(says="{sweep}: search.grid_points: Input should be greater than or equal to 2, got 1",
+      sweep={"kernels": {3: [[0.5, 1.5]]}, "search.sampler": "grid", "search.grid_points": 1}, id="grid-points-1"),
+    V(says="{sweep}: search.grid_points: Input should be a valid integer, got True",
+      sweep={"kernels": {3: [[0.5, 1.5]]}, "search.sampler": "grid", "search.grid_points": True},
+      id="grid-points-bool"),
+    V(says="{sweep}: search.grid_points: missing; sampler grid needs the number of values per free coefficient",
+      sweep={"kernels": {3: [[0.5, 1.5]]}, "search.sampler": "grid"}, id="grid-without-points"),
+    V(says=("{sweep}: search.num_samples (4) contradicts the grid", "drop num_samples or set it to 2"),
+      sweep={"kernels": {3: [[0.5, 1.5]]}, "search.sampler": "grid", "search.grid_points": 3},
+      id="grid-num-samples-contradicts"),
+    V(says=("{sweep}: search.sampler: grid gives the kernel sizes different numbers of sampled trials",
+            "put each kernel size in its own sweep"),
+      sweep={"search.sampler": "grid", "search.grid_points": 3, "search.num_samples": DELETE},
+      id="grid-kernel-sizes-differ"),
+    V(says="{sweep}: search.grid_points: 100 values over the 3 coefficient(s) of kernels.7 make 1000000 trials",
+      sweep={"kernels": {7: [[0.5, 1.5]] * 3}, "search.sampler": "grid", "search.grid_points": 100},
+      id="grid-too-large", command="plan"),
+    field("resources.group_size", 0, "resources.group_size: Input should be greater than or equal to 1, got 0"),
+    field("resources.group_size", -4, "resources.group_size: Input should be greater than or equal to 1, got -4"),
+    field("resources.group_size", 2.5, "resources.group_size: Input should be a valid integer, got 2.5"),
+    field("resources.group_size", 4.0, "resources.group_size: Input should be a valid integer, got 4.0"),
+    field("resources.group_size", True, "resources.group_size: Input should be a valid integer, got True"),
+    field("resources.group_size", "4", "resources.group_size: Input should be a valid integer, got '4'"),
+    *[V(*argv, says=("{sweep}: resources.group_size: fused groups (4 trials as one model) are not yet driven by "
+                     "sweeps", "set resources.group_size: 1"),
+        sweep={"resources.group_size": 4}, command=command, id=f"{command}-group-size-not-yet", sub=command == "run")
+      for command, argv in (("run", ()), ("submit", ("--cluster", "local", "--dry-run")), ("confirm", ("--seeds", "2")))],
 ]
 
 

@@ -225,3 +225,81 @@ def test_compiled_step_gives_the_eager_results(tmp_path, fused):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really was compiled
     for x, y in zip(a, b):
         _assert_same_trial(x, y, rel=1e-5)
+
+
+# -- every model registered fusable fuses --------------------------------------------------------
+
+TINY = {
+    "resnet56": (dict(width=0.25, depth=8), (2, 3, 16, 16)),
+    "vgg16": (dict(width=0.125), (2, 3, 32, 32)),
+    "nin": (dict(width=0.125), (2, 3, 16, 16)),
+    "gmlp": (dict(width=0.25, depth=2, image_size=16), (2, 3, 16, 16)),
+    "gac_snn": (dict(width=0.125, steps=2, blocks=(1, 1, 1)), (2, 3, 16, 16)),
+    "efficientnet_b0": (dict(width=0.25), (2, 3, 32, 32)),
+    "tiny_cnn": (dict(), (2, 1, 8, 8)),
+    "dncnn": (dict(width=0.25, depth=3), (2, 3, 16, 16)),
+    "nafnet": (dict(width=0.25), (2, 3, 16, 16)),
+    "cgnet": (dict(width=0.25), (2, 3, 16, 16)),
+    "tiny_denoiser": (dict(), (2, 3, 16, 16)),
+}
+"""A tiny size of each model; a model registered without one fails the test below until it gets one."""
+
+
+def _fusable_models() -> list[str]:
+    from wconv import models
+    from wconv.models.registry import fusable
+
+    return [name for name in models.available() if fusable(name)]
+
+
+@pytest.mark.parametrize("name", _fusable_models())
+def test_every_model_registered_fusable_fuses_as_its_separate_trials(float64, name):
+    """What ``wconv validate`` trusts (``wconv.models.registry.fusable``): the group's vmapped forward and
+    backward (``wconv.fused``'s own ``functional_call`` under ``vmap``) give each member its lone model's
+    outputs and gradients."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from wconv import models
+
+    assert name in TINY, f"{name} is registered fusable: give it a tiny size in TINY so this test fuses it"
+    options, shape = TINY[name]
+    alphas = [0.6, 1.4]
+    lone = []
+    for alpha in alphas:
+        torch.manual_seed(0)
+        lone.append(models.build(name, alpha=alpha, **options).train())
+    group = [copy.deepcopy(m) for m in lone]
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    expected = []
+    for model in lone:
+        torch.manual_seed(2)  # dropout: each lone trial draws the mask the group draws once (randomness="same")
+        expected.append(model(x))
+        expected[-1].square().mean().backward()
+
+    params, buffers = stack_module_state(group)
+    base = copy.deepcopy(group[0]).to("meta").train()
+    torch.manual_seed(2)
+    fused = vmap(lambda p, b: functional_call(base, (p, b), (x,)), randomness="same")(params, buffers)
+    fused.square().mean(dim=tuple(range(1, fused.dim()))).sum().backward()
+    for i, model in enumerate(lone):
+        torch.testing.assert_close(fused[i], expected[i], rtol=1e-9, atol=1e-12)
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(params[n].grad[i], p.grad, rtol=1e-8, atol=1e-12, msg=f"{name}: {n}")
+
+
+def test_a_fused_gac_snn_group_equals_its_separate_trials(float64, tmp_path):
+    """The spiking model: its ``SpikeFunction`` has a vmap rule, so its trials fuse like any other model's."""
+    tc = TrainingConfig.for_task("classification", epochs=2, batch_size=16, max_steps_per_epoch=2)
+    config = TrialConfig(model="gac_snn", dataset="digits", seed=2, training=tc,
+                         model_options={"width": 0.125, "steps": 2, "blocks": (1, 1, 1)},
+                         dataset_options={"limit": 64})
+    members = _members(config, [None, (0.6,), (1.4,)])
+    alone = _alone(members, tmp_path)
+    fused, results = _fused(members, tmp_path / "group")
+    for a, f, r in zip(alone, fused, results):
+        _assert_same_trial(a, f)
+        assert r == f[-1] and r["trial_status"] == "completed"
+    assert alone[1][-1]["val_loss"] != alone[2][-1]["val_loss"]  # the members really differ

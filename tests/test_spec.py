@@ -292,3 +292,43 @@ def test_plan_names_the_asha_rungs(tmp_path, capsys):
                                                                                 "reduction_factor": 3}})))
     assert main(["plan", str(path)]) == 0
     assert "ASHA compares trials at epochs 2, 6, 18 of 30" in capsys.readouterr().out
+
+
+# -- samplers and fused groups ---------------------------------------------------------------------
+
+
+def test_group_size_defaults_to_one_and_is_set_like_any_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    assert load_sweep(path).resources.group_size == 1
+    assert load_sweep(path, ["resources.group_size=8"]).resources.group_size == 8
+    assert load_sweep(path).search.sampler == "tpe"
+    grid = load_sweep(path, ["kernels={5: [[0.5, 1.5], [0.5, 1.5]]}", "search.sampler=grid", "search.grid_points=5",
+                             "search.num_samples=24"])
+    assert (grid.search.sampler, grid.search.grid_points, grid.search.num_samples) == ("grid", 5, 24)
+
+
+def test_a_model_that_cannot_be_fused_is_refused_with_groups_only(tmp_path, monkeypatch, capsys):
+    """A model registered ``fusable=False`` (every shipped one fuses: tests/test_fused.py) is refused by
+    ``wconv validate`` in one line naming the model and the field, when and only when groups are asked for."""
+    from wconv import models  # noqa: F401  (registers the models)
+    from wconv.models import registry
+
+    monkeypatch.setitem(registry._MODELS, "tiny_cnn", dataclasses.replace(registry._MODELS["tiny_cnn"], fusable=False))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    assert load_sweep(path).resources.group_size == 1
+    assert main(["validate", str(path), "--set", "resources.group_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"{path}: models[0]: 'tiny_cnn' cannot be fused (wconv.fused cannot vmap it), but "
+                   "resources.group_size is 4; set resources.group_size: 1 or run this model in a sweep of its own\n")
+
+
+def test_a_tpe_sweep_keeps_the_identity_it_was_recorded_with_before_samplers_were_a_field():
+    from launch.cell import spec_hash
+
+    sweep = parse_sweep(GOOD)
+    recorded_before = json.loads(json.dumps(sweep.model_dump(mode="json")))
+    assert "sampler" not in recorded_before["search"] and "grid_points" not in recorded_before["search"]
+    random = parse_sweep({**GOOD, "search": {**GOOD["search"], "sampler": "random"}}).model_dump(mode="json")
+    assert random["search"]["sampler"] == "random" and spec_hash(random) != spec_hash(recorded_before)

@@ -22,6 +22,7 @@ class _Entry:
     builder: Callable[..., nn.Module]
     in_channels: int
     num_classes: Optional[int]
+    fusable: bool = True
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -33,13 +34,19 @@ class _Entry:
 _MODELS: dict[str, _Entry] = {}
 
 
-def register(name: str, task: str, *, in_channels: int = 3, num_classes: Optional[int] = None):
-    """Decorator: make ``builder(*, kernel_size, in_channels, [num_classes,] width, **options)`` buildable as ``name``."""
+def register(name: str, task: str, *, in_channels: int = 3, num_classes: Optional[int] = None,
+             fusable: bool = True):
+    """Decorator: make ``builder(*, kernel_size, in_channels, [num_classes,] width, **options)`` buildable as ``name``.
+
+    ``fusable``: ``wconv.fused`` can train K of its trials as one model (every operation has a ``torch.func.vmap``
+    rule; an ``autograd.Function`` needs ``setup_context`` and a vmap rule). A sweep with ``resources.group_size``
+    above 1 refuses a model registered with ``fusable=False``; tests/test_fused.py fuses every other one."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def add(builder):
-        _MODELS[name] = _Entry(task, builder, in_channels, num_classes if task == "classification" else None)
+        _MODELS[name] = _Entry(task, builder, in_channels, num_classes if task == "classification" else None,
+                               fusable)
         return builder
 
     return add
@@ -61,6 +68,11 @@ def _entry(name: str) -> _Entry:
 def task_of(name: str) -> str:
     """"classification" or "denoising"."""
     return _entry(name).task
+
+
+def fusable(name: str) -> bool:
+    """Whether ``wconv.fused.run_group`` can train trials of ``name`` as one fused group (see ``register``)."""
+    return _entry(name).fusable
 
 
 def options(name: str) -> dict[str, inspect.Parameter]:

@@ -15,13 +15,22 @@ from wconv.models.registry import register
 
 
 class SpikeFunction(torch.autograd.Function):
-    """Heaviside spike ``u > θ`` with the reference's rectangular surrogate: dS/du = 1/(2ℓ) where |u − θ| < ℓ."""
+    """Heaviside spike ``u > θ`` with the reference's rectangular surrogate: dS/du = 1/(2ℓ) where |u − θ| < ℓ.
+
+    ``forward`` takes no ``ctx`` (``setup_context`` saves what ``backward`` needs) and both are plain tensor
+    code, so ``torch.func`` transforms it: ``generate_vmap_rule`` lets ``wconv.fused`` train K members at once."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, membrane: torch.Tensor, threshold: float, window: float) -> torch.Tensor:
+    def forward(membrane: torch.Tensor, threshold: float, window: float) -> torch.Tensor:
+        return membrane.gt(threshold).to(membrane.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        membrane, threshold, window = inputs
         ctx.save_for_backward(membrane)
         ctx.threshold, ctx.window = threshold, window
-        return membrane.gt(threshold).to(membrane.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
