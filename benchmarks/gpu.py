@@ -56,8 +56,8 @@ import torch  # noqa: E402
 
 from wconv.data.split import LabelledImages, NoisyPatches  # noqa: E402
 from wconv.data.task import TaskData  # noqa: E402
-from wconv.fused import _Group  # noqa: E402
-from wconv.train import TrainingConfig, TrialConfig, _Trial  # noqa: E402
+from wconv.fused import Group  # noqa: E402
+from wconv.train import TrainingConfig, TrialConfig, Trial  # noqa: E402
 
 PAPER_TABLE_4 = {"resnet56": (202, 215), "vgg16": (378, 414), "nin": (109, 115), "gmlp": (54, 56),
                  "gac_snn": (118, 130)}
@@ -134,7 +134,7 @@ def _config(model: str, kernel_size: int, alpha, sizes: Sizes, compiled: bool, b
 
 
 def _steps(unit, n: int) -> None:
-    """``n`` training steps of a ``_Trial`` or ``_Group`` (its ``train_epoch`` capped at ``n`` steps; ends in a
+    """``n`` training steps of a ``Trial`` or ``Group`` (its ``train_epoch`` capped at ``n`` steps; ends in a
     host sync)."""
     unit.training = replace(unit.training, max_steps_per_epoch=n)
     unit.train_epoch()
@@ -185,7 +185,7 @@ def measure_pair(model: str, kernel_size: int, data: TaskData, sizes: Sizes, dev
     with tempfile.TemporaryDirectory() as tmp:
         units, warm = {}, {}
         for variant, alpha in (("standard", None), ("weighted", ALPHA[kernel_size])):
-            units[variant] = _Trial(_config(model, kernel_size, alpha, sizes, compiled, backend), Path(tmp), data=data)
+            units[variant] = Trial(_config(model, kernel_size, alpha, sizes, compiled, backend), Path(tmp), data=data)
             warm[variant] = _timed(units[variant], sizes.warmup, device)
         times = {"standard": [], "weighted": []}
         for r in range(sizes.rounds):
@@ -207,7 +207,7 @@ def measure_fused(k: int, data: TaskData, sizes: Sizes, device: torch.device) ->
     alphas = [(0.5 + (i + 0.5) / k,) for i in range(k)]
     members = [_config("resnet56", 3, a, sizes, False, "inductor") for a in alphas]
     with tempfile.TemporaryDirectory() as tmp:
-        group = _Group(members, Path(tmp), [Path(tmp) / str(i) for i in range(k)], data=data)
+        group = Group(members, Path(tmp), [Path(tmp) / str(i) for i in range(k)], data=data)
         warm = _timed(group, sizes.warmup, device)
         step = statistics.median(_timed(group, sizes.steps, device) / sizes.steps for _ in range(sizes.rounds))
         busy = busy_fraction(group, sizes.profile_steps, step, device)
@@ -226,7 +226,7 @@ def _packed_worker(spec: dict, barrier, results) -> None:
                      "fused": tuple(spec["sizes"]["fused"]), "packed": tuple(spec["sizes"]["packed"])})
     data = cifar_like(device, sizes.cifar_images)
     with tempfile.TemporaryDirectory() as tmp:
-        trial = _Trial(_config("resnet56", 3, ALPHA[3], sizes, False, "inductor"), Path(tmp), data=data)
+        trial = Trial(_config("resnet56", 3, ALPHA[3], sizes, False, "inductor"), Path(tmp), data=data)
         _timed(trial, sizes.warmup, device)
         barrier.wait(timeout=spec["timeout"])
         start, steps = time.perf_counter(), 0

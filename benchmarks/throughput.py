@@ -178,13 +178,13 @@ EVAL_SETS = {"before: psnr ssim nrmse uiq": ("psnr", "ssim", "nrmse", "uiq"), "n
 
 def eval_share(model: str, options: dict, val_metrics, epochs: int) -> tuple[float, float]:
     """Median seconds per epoch of training and of validation, over ``epochs`` epochs after a warm-up one."""
-    from wconv.train import TrialConfig, _Trial
+    from wconv.train import Trial, TrialConfig
 
     tc = TrainingConfig.for_task("denoising", epochs=epochs + 1, val_metrics=val_metrics)
     config = TrialConfig(model=model, dataset="natural", kernel_size=3, alpha=(0.8,), training=tc,
                          model_options=options)
     with tempfile.TemporaryDirectory() as tmp:
-        trial = _Trial(config, Path(tmp))  # run_trial's own steps, timed one by one
+        trial = Trial(config, Path(tmp))  # run_trial's own steps, timed one by one
         train, val = [], []
         for epoch in range(epochs + 1):
             start = time.perf_counter()

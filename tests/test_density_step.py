@@ -13,7 +13,7 @@ import wconv.fused
 import wconv.train
 from wconv.conv import DensityStep
 from wconv.fused import run_group
-from wconv.train import CHECKPOINT, MEMBER, TrainingConfig, TrialConfig, _Trial, run_trial
+from wconv.train import CHECKPOINT, MEMBER, Trial, TrainingConfig, TrialConfig, run_trial
 
 torch.set_num_threads(1)
 
@@ -126,7 +126,7 @@ def _outermost_aten(prof) -> int:
 def _ops_per_step(config: TrialConfig, tmp_path) -> float:
     """Outermost aten operators per training step of ``run_trial`` (its ``train_epoch``): a 4-step epoch minus a
     2-step one, over 2 (what every epoch does once, the scheduler's step and the loss's read-out, cancels)."""
-    trial, counts = _Trial(config, tmp_path), []
+    trial, counts = Trial(config, tmp_path), []
     for steps in (2, 2, 4):  # the first epoch's first-call work (allocations, caches) is left out of the count
         trial.training = replace(trial.training, max_steps_per_epoch=steps)
         with profile(activities=[ProfilerActivity.CPU]) as prof:

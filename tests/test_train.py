@@ -82,6 +82,44 @@ def test_trial_resumed_from_its_checkpoint_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# What trial.pt held before its format moved to wconv.checkpoint, written out here rather than imported: a
+# checkpoint of an earlier version must still resume, so change these only with a way to read the earlier layout.
+EARLIER_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "order", "rng", "state", "config")
+EARLIER_PROGRESS_FIELDS = ("epoch", "best_val_loss", "best_epoch", "best_model", "best_metrics", "bad_epochs",
+                           "history", "elapsed", "result")
+
+
+def _die_after(epoch: int):
+    """A ``report`` that kills the trial right after epoch ``epoch``'s checkpoint."""
+    def report(metrics, directory):
+        if metrics["epoch"] == epoch:
+            raise _Killed
+    return report
+
+
+def test_a_checkpoint_in_the_earlier_layout_still_resumes_exactly(tmp_path):
+    config, straight, path = _config(), [], tmp_path / "earlier" / CHECKPOINT
+    run_trial(config, lambda m, d: straight.append(m), tmp_path / "straight")
+    with pytest.raises(_Killed):
+        run_trial(config, _die_after(2), path.parent)
+    written = torch.load(path, weights_only=False)
+    assert tuple(written) == EARLIER_CHECKPOINT_KEYS
+    assert tuple(written["state"]) == EARLIER_PROGRESS_FIELDS
+    assert set(written["rng"]) == {"torch", "numpy", "python"}
+    assert written["config"] == asdict(config)
+    # Rewritten as the earlier train.py wrote it: a plain dict of those keys, by torch.save itself.
+    earlier = {k: written[k] for k in EARLIER_CHECKPOINT_KEYS}
+    earlier["state"] = {k: written["state"][k] for k in EARLIER_PROGRESS_FIELDS}
+    torch.save(earlier, path)
+
+    resumed = []
+    resume_trial(tmp_path / "earlier", lambda m, d: resumed.append(m))
+    assert [m["epoch"] for m in resumed] == [3, 4]
+    keys = ("train_loss", "val_loss", "val_accuracy", "lr")
+    assert [{k: m[k] for k in keys} for m in straight[2:]] == [{k: m[k] for k in keys} for m in resumed]
+    assert straight[-1]["final"] == resumed[-1]["final"]
+
+
 def test_restarting_a_finished_trial_reports_its_result_again_without_training(tmp_path):
     config = _config()
     first = run_trial(config, lambda m, d: None, tmp_path)

@@ -64,15 +64,12 @@ from typing import Callable, Optional
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from wconv.checkpoint import load_checkpoint
+from wconv.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, trial_checkpoint
 from wconv.conv import DensityStep, param_groups
-from wconv.train import (
+from wconv.result import (
     ALPHA,
-    BEST_EPOCH,
-    CHECKPOINT,
     COMPLETED,
     EPOCH,
-    FAILED,
     LR,
     MEMBER,
     STOPPED,
@@ -81,22 +78,21 @@ from wconv.train import (
     VAL,
     VAL_LOSS,
     FinalReport,
-    TrialConfig,
+    Progress,
     TrialStatus,
-    _about,
-    _autocast,
-    _compiled,
-    _device,
-    _outcome,
-    _Progress,
-    _rng_state,
-    _save_atomic,
-    _set_rng_state,
-    _Task,
+    constant_keys,
+)
+from wconv.train import (
+    CHECKPOINT,
+    Task,
+    TrialConfig,
     as_model_dtype,
+    autocast_for,
     build_model,
+    compile_for,
     load_data,
     make_optimizer,
+    pick_device,
 )
 
 GROUP_CHECKPOINT = "group.pt"
@@ -138,18 +134,18 @@ def _slice_state(state: dict, index) -> dict:
             "param_groups": copy.deepcopy(state["param_groups"])}
 
 
-class _Group:
+class Group:
     """The state of a fused group: stacked parameters and buffers of its running members, their optimiser,
-    LR schedule and data order, and each member's ``_Progress``."""
+    LR schedule and data order, and each member's ``Progress``; the steps of ``run_group``."""
 
     def __init__(self, members: Sequence[TrialConfig], checkpoint_dir: Path, member_dirs: Sequence[Path], data=None):
         check_group(members)
         self.members, self.member_dirs = list(members), list(member_dirs)
         self.training = tc = members[0].training
-        self.device = _device()
+        self.device = pick_device()
         self.checkpoint = checkpoint_dir / GROUP_CHECKPOINT
         self.data = load_data(members[0], self.device) if data is None else data
-        self.task = _Task(self.data.task, tc, self.data.num_classes, self.device)
+        self.task = Task(self.data.task, tc, self.data.num_classes, self.device)
         # Each build re-seeds the global RNGs, so they end as after one trial's build (dropout draws next).
         modules = [build_model(_weighted(m), self.data, self.device) for m in members]
         template = modules[0]
@@ -166,11 +162,12 @@ class _Group:
         self.order = torch.Generator().manual_seed(members[0].seed)
         self.active = list(range(len(members)))
         """Members still training, in the order of the stacked tensors."""
-        self.progress = [_Progress() for _ in members]
+        self.progress = [Progress() for _ in members]
         self.epoch, self.elapsed = 0, 0.0
-        self.about = [dict(_about(self.device, m.baseline), **{MEMBER: i, ALPHA: None if m.alpha is None
-                                                               else list(m.alpha)}) for i, m in enumerate(members)]
-        self.losses, self.outputs = _compiled(self._losses, tc), _compiled(self._outputs, tc)
+        self.about = [dict(constant_keys(self.device, m.baseline),
+                           **{MEMBER: i, ALPHA: None if m.alpha is None else list(m.alpha)})
+                      for i, m in enumerate(members)]
+        self.losses, self.outputs = compile_for(self._losses, tc), compile_for(self._outputs, tc)
 
     def _weighted(self, params: dict, buffers: dict) -> dict:
         """``params`` with every fixed-Φ conv's stacked weight replaced by ``W ∘ Φ``; run the base with them
@@ -191,7 +188,7 @@ class _Group:
         return vmap(lambda p, b: functional_call(self.base, (p, b), (x,)), randomness="same")(params, buffers)
 
     def autocast(self):
-        return _autocast(self.device, self.training)
+        return autocast_for(self.device, self.training)
 
     # ------------------------------------------------------------ the steps
 
@@ -251,13 +248,7 @@ class _Group:
         the group goes on without them, and is checkpointed."""
         tests = self.test([i for i, (status, _) in ending.items() if status == COMPLETED])
         for i, (status, reason) in ending.items():
-            p, final = self.progress[i], {}
-            if status != FAILED and p.best_metrics is not None:
-                final = {k: v for k, v in p.best_metrics.items() if k.startswith(VAL + "_")}
-                final.update(tests.get(i, {}))
-                final[BEST_EPOCH] = p.best_epoch
-            p.result = FinalReport(**reports[i], finished=True, trial_status=status, reason=reason, final=final,
-                                   metric_settings=self.task.settings)
+            self.progress[i].finish(reports[i], status, reason, tests.get(i, {}), self.task.settings)
             self._save_member(i, status)
         self._keep([pos for pos, i in enumerate(self.active) if i not in ending])
         self.save()
@@ -267,9 +258,9 @@ class _Group:
         pos = self.active.index(i)
         p = self.progress[i]
         model = p.best_model if status == COMPLETED else self.member_state(pos)
-        _save_atomic({"model": model, "optimizer": _slice_state(self.optimizer.state_dict(), pos),
-                      "scheduler": self.scheduler.state_dict(), "order": self.order.get_state(), "rng": _rng_state(),
-                      "state": vars(p), "config": asdict(self.members[i])}, self.member_dirs[i] / CHECKPOINT)
+        save_checkpoint(trial_checkpoint(model, _slice_state(self.optimizer.state_dict(), pos),
+                                         self.scheduler.state_dict(), self.order, p, self.members[i]),
+                        self.member_dirs[i] / CHECKPOINT)
 
     def _keep(self, positions: list[int]) -> None:
         """Go on with the members at ``positions`` of the stack: slice parameters, buffers and optimiser state."""
@@ -288,12 +279,12 @@ class _Group:
     # ------------------------------------------------------------ checkpoint
 
     def save(self) -> None:
-        _save_atomic({"active": self.active, "epoch": self.epoch, "elapsed": self.elapsed,
-                      "params": {n: p.detach() for n, p in self.params.items()}, "buffers": self.buffers,
-                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                      "order": self.order.get_state(), "rng": _rng_state(),
-                      "progress": [vars(p) for p in self.progress],
-                      "members": [asdict(m) for m in self.members]}, self.checkpoint)
+        save_checkpoint({"active": self.active, "epoch": self.epoch, "elapsed": self.elapsed,
+                         "params": {n: p.detach() for n, p in self.params.items()}, "buffers": self.buffers,
+                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                         "order": self.order.get_state(), "rng": rng_state(),
+                         "progress": [vars(p) for p in self.progress],
+                         "members": [asdict(m) for m in self.members]}, self.checkpoint)
 
     def restore(self) -> None:
         """Continue from ``group.pt``, if there is one."""
@@ -312,8 +303,8 @@ class _Group:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.order.set_state(saved["order"])
-        _set_rng_state(saved["rng"])
-        self.progress = [_Progress(**p) for p in saved["progress"]]
+        set_rng_state(saved["rng"])
+        self.progress = [Progress(**p) for p in saved["progress"]]
         self.epoch, self.elapsed = saved["epoch"], saved["elapsed"]
 
 
@@ -336,7 +327,7 @@ def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_d
     for d in (checkpoint_dir, *dirs):
         d.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    group = _Group(members, checkpoint_dir, dirs)
+    group = Group(members, checkpoint_dir, dirs)
     group.restore()
     replay = {i: [dict(m) for m in p.history] for i, p in enumerate(group.progress)}
     for i, p in enumerate(group.progress):
@@ -360,7 +351,7 @@ def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_d
     return [p.result for p in group.progress]
 
 
-def _epoch(group: _Group, elapsed: Callable[[], float]) -> tuple[dict[int, dict], dict[int, tuple[TrialStatus, str]]]:
+def _epoch(group: Group, elapsed: Callable[[], float]) -> tuple[dict[int, dict], dict[int, tuple[TrialStatus, str]]]:
     """Train and validate one epoch of the running members: their reports and which of them end.
     ``elapsed()`` is the group's time so far, over all restarts."""
     epoch = group.epoch + 1
@@ -377,7 +368,7 @@ def _epoch(group: _Group, elapsed: Callable[[], float]) -> tuple[dict[int, dict]
             metrics.update(validation[pos])
             if math.isfinite(metrics[VAL_LOSS]):
                 p.record(metrics, lambda pos=pos: group.member_state(pos))
-        status, reason = _outcome(p, metrics, group.training, group.members[i].baseline)
+        status, reason = p.outcome(metrics, group.training, group.members[i].baseline)
         p.epoch, p.elapsed = epoch, group.elapsed
         p.history.append(metrics)
         reports[i] = dict(metrics, **group.about[i], wall_time_s=p.elapsed)

@@ -1,125 +1,65 @@
 """One trial: train one model with one α and one seed, evaluate every epoch, checkpoint, resume.
 
-What a trial reports is defined here once (``EpochReport``, ``FinalReport`` and the key constants);
-launchers, stores and reports read it by these names.
+What a trial reports is defined once in ``wconv.result`` (``EpochReport``, ``FinalReport`` and the key constants)
+and imported from here by launchers, stores and reports; ``trial.pt``'s format is ``wconv.checkpoint``'s. The
+pieces a fused group (``wconv.fused``) shares with a lone trial are public here: ``Task`` (loss and metrics),
+``pick_device``, ``autocast_for``, ``compile_for``, and the builders (``load_data``, ``build_model``,
+``make_optimizer``).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import os
 import random
-import socket
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, NotRequired, Optional, TypedDict, get_args
+from typing import Callable, Literal, Optional, get_args
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from wconv.checkpoint import load_checkpoint
+from wconv.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, trial_checkpoint
 from wconv.conv import DensityStep, convert, param_groups, scale_init
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
-
-
-# ---------------------------------------------------------------- the result protocol
-
-EPOCH = "epoch"
-TRAIN_LOSS = "train_loss"
-LR = "lr"
-HOST = "host"
-DEVICE = "device"
-BASELINE = "baseline"
-WALL_TIME_S = "wall_time_s"
-REPLAY = "replay"
-FINISHED = "finished"
-STATUS = "trial_status"
-REASON = "reason"
-FINAL = "final"
-METRIC_SETTINGS = "metric_settings"
-BEST_EPOCH = "best_epoch"
-CONFUSION_MATRIX = "test_confusion_matrix"
-VAL = "val"
-TEST = "test"
-LOSS = "loss"
-VAL_LOSS = "val_loss"
-"""What early stopping and the best epoch go by."""
-
-MEMBER = "member"
-"""Fused groups (``wconv.fused``): the member's index in its group, in each of its reports."""
-ALPHA = "alpha"
-"""Fused groups: the member's α (a list; None for the baseline), in each of its reports."""
-
-COMPLETED = "completed"
-FAILED = "failed"
-STOPPED = "stopped"
-"""A member of a fused group stopped by its caller (a scheduler); a single trial stopped by a scheduler is
-ended from outside and never reports it."""
-TrialStatus = Literal["completed", "failed", "stopped"]
-
-
-def metric_key(split: str, metric: str) -> str:
-    """The report key of ``metric`` on ``split``: ``metric_key(VAL, "psnr") == "val_psnr"``."""
-    return f"{split}_{metric}"
-
-
-class EpochReport(TypedDict):
-    """What a trial reports after every epoch.
-
-    Besides these keys it carries one float ``val_<metric>`` per validated metric (``val_loss`` and the
-    task's per-epoch metrics), except on an epoch that failed before validation (non-finite training loss).
-    """
-
-    epoch: int
-    train_loss: float
-    """Mean training loss over the epoch's examples."""
-    lr: float
-    """Learning rate after the epoch's scheduler step (the next epoch's)."""
-    host: str
-    device: str
-    """``"cpu"`` or the CUDA device's name."""
-    baseline: bool
-    """The α = 1 reference of its cell."""
-    wall_time_s: float
-    """Seconds spent inside the trial so far, over all restarts."""
-    replay: NotRequired[list[dict[str, Any]]]
-    """Only in the first report after a restart: the epoch reports before it, which may never have
-    reached the caller (killed between checkpoint and report). Recording them again must be idempotent."""
-
-
-class FinalMetrics(TypedDict, total=False):
-    """``final`` of a completed trial: the lowest-validation-loss epoch's ``val_*`` metrics and the
-    ``test_*`` metrics of that epoch's model (every metric of the task, the loss included); empty when
-    the trial failed. A stopped member of a fused group has its best epoch's ``val_*`` and no ``test_*``."""
-
-    best_epoch: int
-    test_confusion_matrix: list[list[int]]
-    """Classification only: entry (i, j) counts test examples of class i predicted as j (Fig. 1)."""
-
-
-class FinalReport(EpochReport):
-    """The last report of a trial: its last epoch's ``EpochReport`` plus the outcome."""
-
-    finished: bool
-    """Always True: no report after this one."""
-    trial_status: TrialStatus
-    reason: str
-    """One line: why the trial ended (budget, early stopping, non-finite loss)."""
-    final: FinalMetrics
-    metric_settings: dict[str, Any]
-    """How every metric was computed (``wconv.metrics.metric_settings``)."""
-
-
-def final_value(report: dict, metric: str) -> Optional[float]:
-    """The value a search should be told for a finished trial: ``final[metric]`` (e.g. ``"val_psnr"``, the
-    best epoch's — not the last epoch's ``report[metric]``); None for a failed or unfinished trial."""
-    if not report.get(FINISHED) or report.get(STATUS) != COMPLETED:
-        return None
-    return report[FINAL].get(metric)
+# The result protocol and the bookkeeping that decides it live in wconv.result; launch/, analysis/ and the tests
+# import the protocol from here, as they always have.
+from wconv.result import (  # noqa: F401
+    ALPHA,
+    BASELINE,
+    BEST_EPOCH,
+    COMPLETED,
+    CONFUSION_MATRIX,
+    DEVICE,
+    EPOCH,
+    FAILED,
+    FINAL,
+    FINISHED,
+    HOST,
+    LOSS,
+    LR,
+    MEMBER,
+    METRIC_SETTINGS,
+    REASON,
+    REPLAY,
+    STATUS,
+    STOPPED,
+    TEST,
+    TRAIN_LOSS,
+    VAL,
+    VAL_LOSS,
+    WALL_TIME_S,
+    EpochReport,
+    FinalMetrics,
+    FinalReport,
+    Progress,
+    TrialStatus,
+    constant_keys,
+    final_value,
+    metric_key,
+)
 
 
 # ---------------------------------------------------------------- configuration
@@ -256,30 +196,9 @@ Report = Callable[[dict, Path], None]
 the last time with a ``FinalReport``."""
 
 
-def _device() -> torch.device:
+def pick_device() -> torch.device:
+    """The device a trial (or a fused group) trains on: CUDA when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    """Write then rename, so a kill mid-write never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _seed_everything(seed: int) -> None:
@@ -288,8 +207,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Task:
-    """Loss and metrics of one task; the training loop itself is task-agnostic."""
+class Task:
+    """Loss and metrics of one task; the training loop itself is task-agnostic (a trial's and a group's)."""
 
     def __init__(self, task: str, training: TrainingConfig, num_classes: Optional[int], device: torch.device):
         self.name = task
@@ -355,19 +274,12 @@ def as_model_dtype(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> tupl
     return x.to(dtype), (y.to(dtype) if y.is_floating_point() else y)
 
 
-def _autocast(device: torch.device, training: TrainingConfig):
+def autocast_for(device: torch.device, training: TrainingConfig):
     """bf16 autocast on CUDA when ``training.amp``; a no-op context elsewhere."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and training.amp)
 
 
-def _about(device: torch.device, baseline: bool) -> dict:
-    """Where a trial runs: the host, device and baseline keys of its reports."""
-    return {HOST: socket.gethostname(),
-            DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            BASELINE: baseline}
-
-
-def _compiled(fn: Callable, training: TrainingConfig) -> Callable:
+def compile_for(fn: Callable, training: TrainingConfig) -> Callable:
     """``fn`` compiled as ``training`` asks (``compile``, ``compile_backend``), else ``fn`` itself."""
     return torch.compile(fn, backend=training.compile_backend) if training.compile else fn
 
@@ -448,70 +360,25 @@ def prepare_trial(config: TrialConfig, device: torch.device | str = "cpu", data=
     return TrialSetup(model, optimizer, scheduler, order, td)
 
 
-@dataclass
-class _Progress:
-    """Where a trial stands between epochs; checkpointed as a plain dict (``vars``)."""
-
-    epoch: int = 0
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    best_model: Optional[dict] = None
-    """State dict of the lowest-validation-loss epoch's model."""
-    best_metrics: Optional[dict] = None
-    """That epoch's report."""
-    bad_epochs: int = 0
-    """Epochs since the validation loss last went down (early stopping)."""
-    history: list = field(default_factory=list)
-    """Every epoch's metrics so far (what ``replay`` resends after a restart)."""
-    elapsed: float = 0.0
-    result: Optional[dict] = None
-    """The ``FinalReport``, once finished."""
-
-    def record(self, metrics: dict, model_state: Callable[[], dict]) -> None:
-        """Count the epoch ``metrics`` towards the best epoch and early stopping (``val_loss`` finite)."""
-        val_loss = metrics[VAL_LOSS]
-        if val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, metrics[EPOCH], 0
-            self.best_model, self.best_metrics = copy.deepcopy(model_state()), dict(metrics)
-        else:
-            self.bad_epochs += 1
-
-
-def _outcome(progress: _Progress, metrics: dict, training: TrainingConfig,
-             baseline: bool) -> tuple[Optional[TrialStatus], Optional[str]]:
-    """(status, reason) if the trial ends after this epoch, else (None, None).
-
-    ``metrics`` is the epoch's report so far: without ``val_loss`` when training already failed."""
-    epoch = metrics[EPOCH]
-    if not math.isfinite(metrics[TRAIN_LOSS]):
-        return FAILED, f"non-finite training loss ({metrics[TRAIN_LOSS]}) at epoch {epoch}"
-    if not math.isfinite(metrics[VAL_LOSS]):
-        return FAILED, f"non-finite validation loss at epoch {epoch}"
-    if epoch >= training.epochs:
-        return COMPLETED, f"ran the full budget of {training.epochs} epochs"
-    if not baseline and training.patience is not None and progress.bad_epochs >= training.patience:
-        return COMPLETED, f"early stopping: no lower validation loss for {training.patience} epochs"
-    return None, None
-
-
-class _Trial:
-    """The steps of ``run_trial``: one object so each step reads the trial's pieces by name."""
+class Trial:
+    """The steps of ``run_trial``: one object so each step reads the trial's pieces by name (benchmarks time them
+    one by one)."""
 
     def __init__(self, config: TrialConfig, checkpoint_dir: Path, data=None):
         self.config, self.training = config, config.training
-        self.device = _device()
+        self.device = pick_device()
         self.checkpoint = checkpoint_dir / CHECKPOINT
         self.setup = prepare_trial(config, self.device, data)
-        self.task = _Task(self.setup.data.task, self.training, self.setup.data.num_classes, self.device)
+        self.task = Task(self.setup.data.task, self.training, self.setup.data.num_classes, self.device)
         self.dtype = next(self.setup.model.parameters()).dtype
-        self.about = _about(self.device, config.baseline)
-        self.progress = _Progress()
+        self.about = constant_keys(self.device, config.baseline)
+        self.progress = Progress()
         self.density = DensityStep(self.setup.model)
         """Φ once per step for the whole model (``wconv.conv``): ``forward(density.weights(), x)``."""
-        self.forward = _compiled(self.density.forward, self.training)
+        self.forward = compile_for(self.density.forward, self.training)
 
     def autocast(self):
-        return _autocast(self.device, self.training)
+        return autocast_for(self.device, self.training)
 
     def restore(self) -> None:
         """Continue from the checkpoint, if there is one."""
@@ -523,14 +390,13 @@ class _Trial:
         s.optimizer.load_state_dict(saved["optimizer"])
         s.scheduler.load_state_dict(saved["scheduler"])
         s.order.set_state(saved["order"])
-        _set_rng_state(saved["rng"])
-        self.progress = _Progress(**saved["state"])
+        set_rng_state(saved["rng"])
+        self.progress = Progress(**saved["state"])
 
     def save(self) -> None:
         s = self.setup
-        _save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                      "scheduler": s.scheduler.state_dict(), "order": s.order.get_state(), "rng": _rng_state(),
-                      "state": vars(self.progress), "config": asdict(self.config)}, self.checkpoint)
+        save_checkpoint(trial_checkpoint(s.model.state_dict(), s.optimizer.state_dict(), s.scheduler.state_dict(),
+                                         s.order, self.progress, self.config), self.checkpoint)
 
     def train_epoch(self) -> float:
         """One epoch of optimiser steps and the LR scheduler's step; the mean training loss."""
@@ -565,14 +431,11 @@ class _Trial:
 
     def finish(self, report: dict, status: TrialStatus, reason: str) -> FinalReport:
         """The last report: ``report`` plus the outcome and, if completed, the best epoch's model on test."""
-        p, final = self.progress, {}
+        test = {}
         if status == COMPLETED:
-            self.setup.model.load_state_dict(p.best_model)
-            final = {k: v for k, v in p.best_metrics.items() if k.startswith(VAL + "_")}
-            final.update(self.evaluate(self.setup.data.test, TEST, final=True))
-            final[BEST_EPOCH] = p.best_epoch
-        return FinalReport(**report, finished=True, trial_status=status, reason=reason, final=final,
-                           metric_settings=self.task.settings)
+            self.setup.model.load_state_dict(self.progress.best_model)
+            test = self.evaluate(self.setup.data.test, TEST, final=True)
+        return self.progress.finish(report, status, reason, test, self.task.settings)
 
 
 def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -> FinalReport:
@@ -588,7 +451,7 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    trial = _Trial(config, checkpoint_dir)
+    trial = Trial(config, checkpoint_dir)
     trial.restore()
     progress = trial.progress
     replay = [dict(m) for m in progress.history]
@@ -604,14 +467,13 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
             metrics.update(trial.validate())
             if math.isfinite(metrics[VAL_LOSS]):
                 progress.record(metrics, trial.setup.model.state_dict)
-        status, reason = _outcome(progress, metrics, trial.training, config.baseline)
+        status, reason = progress.outcome(metrics, trial.training, config.baseline)
         progress.epoch = epoch
         progress.history.append(metrics)
         progress.elapsed = elapsed0 + time.time() - started
         result = dict(metrics, **trial.about, wall_time_s=progress.elapsed)
         if status is not None:
-            result = trial.finish(result, status, reason)
-            progress.result = result
+            result = trial.finish(result, status, reason)  # kept as progress.result
         trial.save()
         report(dict(result, replay=replay) if replay else result, checkpoint_dir)
         replay = []
