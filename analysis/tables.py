@@ -289,6 +289,11 @@ def confirmation_table(frames: Frames, sweep: dict) -> Table | None:
                     + "; ".join(f"{arm}, {DESCRIPTIONS[arm]}" for arm in ran) + ".")
     if {Arm.INIT_SHAPE, Arm.LR_SHAPE} <= set(ran):
         caption += " " + IDENTITY_NOTE + "."
+        holds = {c.identity_holds for c in confirmed}
+        if holds == {True}:
+            caption += " This sweep trained with SGD: the identity is exact here."
+        elif holds == {False}:
+            caption += f" This sweep trained with {confirmed[0].optimizer}: the identity holds only approximately here."
     return _table("confirmation", caption, data_rows, shown_rows, bold_rows)
 
 

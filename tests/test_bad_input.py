@@ -334,6 +334,13 @@ CASES = [
       says="wconv data: --from {db}: not an archive of div2k (its archives are", id="data-from-not-an-archive"),
     C("data", "check", "cifar100", "--root", "{tmp}", "--from", "{tmp}", says="wconv data: --from gives archives to",
       id="data-check-from"),
+    # -- confirm's control arms: refused before any store is opened (the model without weighted convs: test_controls)
+    V("--seeds", "3", "--control", "init-scale,init-shap", command="confirm", id="confirm-unknown-control",
+      says=("wconv confirm: argument --control: unknown control(s) 'init-shap'", "init-scale, init-shape, lr-shape")),
+    V("--seeds", "3", "--control", "lr-shape", command="confirm", id="confirm-lr-shape-adam-decay",
+      sweep={"training.optimizer": "adam"},
+      says=("wconv confirm: --control lr-shape: under Adam the derivation holds without weight decay only",
+            "the controls that can run here: init-scale, init-shape")),
 ]
 
 

@@ -133,3 +133,30 @@ def test_lr_shape_refuses_the_optimisers_its_derivation_does_not_cover():
         LRShape(_convs(0), {3: 0.8}, "rmsprop")
     TrialConfig(model="tiny_denoiser", dataset="natural", lr_shape=(0.8,),
                 training=TrainingConfig.for_task("denoising"))  # Adam without weight decay: covered
+
+
+def test_confirm_refuses_a_control_for_a_model_with_no_weighted_conv(tmp_path, monkeypatch, capsys):
+    """A model whose convs are all 1×1: α changes nothing there, so no control can differ from α = 1."""
+    import yaml
+
+    from launch.cli import main
+    from wconv.models import registry
+
+    def pointwise(*, kernel_size, in_channels, num_classes, width=1.0):
+        return nn.Sequential(nn.Conv2d(in_channels, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, num_classes))
+
+    monkeypatch.setitem(registry._MODELS, "pointwise", registry._Entry("classification", pointwise, 1, 10))
+    sweep = {"name": "t", "task": "classification", "dataset": {"name": "digits"},
+             "models": ["tiny_cnn", "pointwise"], "kernels": {3: [[0.5, 1.5]]}, "search": {"num_samples": 2},
+             "storage": f"sqlite:///{tmp_path / 'none.db'}"}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["confirm", str(path), "--seeds", "2", "--control", "init-shape", "--runs-dir",
+                 str(tmp_path / "runs")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert "--control init-shape: pointwise 3×3 has no conv the density weights" in err
+    assert "the (model, kernel) pairs with one: tiny_cnn 3×3" in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
