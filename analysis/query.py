@@ -449,25 +449,22 @@ def decomposition_line(confirm: Confirmation | None) -> str | None:
         return None
     c = confirm.comparison
     unit = _UNITS.get(confirm.metric.split("_", 1)[-1], "")
-    line = (f"gain {c.improvement:+.3g}{unit} [{_signed(c, c.ci_low):+.3g}, {_signed(c, c.ci_high):+.3g}], "
-            f"{c.verdict}")
+    low, high = (c.ci_low, c.ci_high) if c.mode == "max" else (-c.ci_high, -c.ci_low)  # as an improvement
+    line = f"gain {c.improvement:+.3g}{unit} [{low:+.3g}, {high:+.3g}], {c.verdict}"
     if not confirm.controls:
         return line
     parts = []
     for arm, share in confirm.controls.items():
         vs = share.versus_baseline
         own = f"{vs.improvement:+.3g}{unit} against α = 1, {vs.verdict}"
-        parts.append(f"{arm} {share.explained:.2f} ({own})" if share.explained is not None else f"{arm}: {own}")
+        if share.explained is None:
+            parts.append(f"{arm}: {own}")
+        else:  # the first share reads in full, the next ones after it
+            verb = " reproduces" if not any(" reproduces " in p for p in parts) else ""
+            parts.append(f"{arm}{verb} {share.explained:.2f}{' of it' if verb else ''} ({own})")
     if all(share.explained is None for share in confirm.controls.values()):
         return f"{line}; no gain for a control to reproduce: " + ", ".join(parts)
-    first, *rest = parts
-    return f"{line}; " + first.replace(" ", " reproduces ", 1).replace(" (", " of it (", 1) + "".join(
-        f", {p}" for p in rest)
-
-
-def _signed(c: PairedComparison, bound: float) -> float:
-    """A CI bound of a − b as an improvement (positive is better); a min-mode CI's bounds swap."""
-    return bound if c.mode == "max" else -bound
+    return f"{line}; " + ", ".join(parts)
 
 
 def _alpha_key(alpha: Any) -> tuple[float, ...]:
