@@ -377,3 +377,20 @@ def test_decomposition_line_before_two_paired_seeds_is_none(seeded_sweep):
     _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA[:1], "baseline": CONFIRM_BASE[:1]})
     assert decomposition_line(confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)) is None
     assert decomposition_line(None) is None
+
+
+def test_decomposition_line_in_min_mode_reads_improvements_and_their_ci_in_order():
+    import pandas as pd
+
+    from analysis.query import Confirmation
+    from analysis.stats import compare_paired, control_share
+
+    # NRMSE, lower is better: α lowers it by 0.025, init-shape by 0.035 / 3; share 0.0117 / 0.025 = 0.47
+    alpha, base, shape = [0.08, 0.085, 0.09], [0.10, 0.11, 0.12], [0.09, 0.095, 0.11]
+    cmp = compare_paired(alpha, base, "min")
+    c = Confirmation("s", "m", 3, [0.8], "test_nrmse", "min", pd.DataFrame(), 3, cmp,
+                     {"init-shape": control_share(alpha, base, shape, "min")})
+    line = decomposition_line(c)
+    low, high = -cmp.ci_high, -cmp.ci_low
+    assert low <= high and line.startswith(f"gain {cmp.improvement:+.3g} [{low:+.3g}, {high:+.3g}], ")
+    assert cmp.improvement > 0 and "init-shape reproduces 0.47 of it (+0.0117 against α = 1" in line
