@@ -160,3 +160,11 @@ def test_confirm_refuses_a_control_for_a_model_with_no_weighted_conv(tmp_path, m
     assert "--control init-shape: pointwise 3×3 has no conv the density weights" in err
     assert "the (model, kernel) pairs with one: tiny_cnn 3×3" in err
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_the_control_fields_survive_a_checkpoints_config_round_trip():
+    from dataclasses import asdict
+
+    config = replace(_denoiser_sgd(), alpha=None, init_shape=(0.1, 0.9), lr_shape=(0.1, 0.9))
+    restored = TrialConfig.from_dict(asdict(config))
+    assert restored == config and restored.lr_shape == (0.1, 0.9) and isinstance(restored.init_shape, tuple)
