@@ -441,6 +441,12 @@ def _optimizer(frames: Frames, sweep: str) -> str | None:
 _UNITS = {"psnr": " dB"}
 
 
+def _num(x: float) -> str:
+    """A signed difference to 3 significant digits; below 1e-6 in size it is 0 (metrics are computed in float32,
+    so a mean of equal values can differ from 0 by rounding alone)."""
+    return "+0" if abs(x) < 1e-6 else f"{x:+.3g}"
+
+
 def decomposition_line(confirm: Confirmation | None) -> str | None:
     """One line reading a confirmation and its controls, e.g. "gain +4.5 dB [3.4, 5.8], confirmed; init-shape
     reproduces 0.9 of it, lr-shape 0.2, init-scale 0.7" (a share is the control's gain over α = 1 divided by
@@ -450,13 +456,13 @@ def decomposition_line(confirm: Confirmation | None) -> str | None:
     c = confirm.comparison
     unit = _UNITS.get(confirm.metric.split("_", 1)[-1], "")
     low, high = (c.ci_low, c.ci_high) if c.mode == "max" else (-c.ci_high, -c.ci_low)  # as an improvement
-    line = f"gain {c.improvement:+.3g}{unit} [{low:+.3g}, {high:+.3g}], {c.verdict}"
+    line = f"gain {_num(c.improvement)}{unit} [{_num(low)}, {_num(high)}], {c.verdict}"
     if not confirm.controls:
         return line
     parts = []
     for arm, share in confirm.controls.items():
         vs = share.versus_baseline
-        own = f"{vs.improvement:+.3g}{unit} against α = 1, {vs.verdict}"
+        own = f"{_num(vs.improvement)}{unit} against α = 1, {vs.verdict}"
         if share.explained is None:
             parts.append(f"{arm}: {own}")
         else:  # the first share reads in full, the next ones after it
