@@ -25,7 +25,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.frames import Frames
-from analysis.query import ARM_ALPHA, ARM_BASELINE, ARM_CONTROL, format_alpha, search_trials
+from analysis.arms import CONTROLS, Arm
+from analysis.query import decomposition_line, format_alpha, search_trials
 from analysis.tables import Pair, format_metric, pairs
 
 BASELINE_COLOR = "#222222"
@@ -120,9 +121,16 @@ def plots(frames: Frames, sweep: dict) -> list[Plot]:
                             lambda g=group, p=pair: draw_examples(g, p, frames)))
         if pair.confirm is not None and pair.confirm.comparison is not None:
             out.append(Plot(f"confirm_{tag}.png", "confirmation", f"{label}: confirmation on fresh seeds",
-                            "Per fresh seed, the chosen α minus α = 1 (and the init-scale control minus α = 1 when it "
-                            "ran) on the test metric; line and band: the mean difference and its 95% bootstrap CI.",
+                            "Per fresh seed, the chosen α minus α = 1 on the test metric; line and band: the mean "
+                            "difference and its 95% bootstrap CI.",
                             lambda p=pair: draw_confirmation(p)))
+        if pair.confirm is not None and pair.confirm.comparison is not None and pair.confirm.controls:
+            out.append(Plot(f"arms_{tag}.png", "confirmation", f"{label}: where the gain comes from",
+                            "Each arm minus α = 1 on the same fresh seed (dots), its mean and 95% bootstrap CI (bar): "
+                            "the chosen α, then each control — α = 1 with one part of α's density (init-scale: "
+                            "initial weights × √mean(Φ²); init-shape: × Φ; lr-shape: per-position learning rate). "
+                            "The label under each control: the share of α's gain it reproduces.",
+                            lambda p=pair: draw_arms(p)))
     return out
 
 
@@ -584,28 +592,51 @@ def draw_confirmation(pair: Pair) -> Figure:
     """Paired differences per fresh seed with the mean and its CI (and the init-scale control when run)."""
     c = pair.confirm
     cmp = c.comparison
-    table = c.values.dropna(subset=[ARM_ALPHA, ARM_BASELINE])
+    table = c.values.dropna(subset=[Arm.ALPHA, Arm.BASELINE])
     fig = Figure(figsize=(7.5, 4.4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(table))
-    diff = (table[ARM_ALPHA] - table[ARM_BASELINE]).to_numpy()
+    diff = (table[Arm.ALPHA] - table[Arm.BASELINE]).to_numpy()
     ax.axhline(0, color=BASELINE_COLOR, linewidth=1)
     ax.axhspan(cmp.ci_low, cmp.ci_high, color=BEST_COLOR, alpha=0.15, label="95% CI of the mean (bootstrap)")
     ax.axhline(cmp.difference, color=BEST_COLOR, linewidth=1.8, label=f"mean Δ = {cmp.difference:+.4g}")
     ax.scatter(x, diff, color=BEST_COLOR, s=60, zorder=4, edgecolor="white",
                label=f"α = {format_alpha(c.alpha)} − (α = 1), per seed")
-    if ARM_CONTROL in table.columns and table[ARM_CONTROL].notna().any():
-        control = (table[ARM_CONTROL] - table[ARM_BASELINE]).to_numpy()
-        ax.scatter(x + 0.12, control, marker="D", color=CONTROL_COLOR, s=42, zorder=4,
-                   label="init-scale control − (α = 1)")
     ax.set_xticks(x, [f"seed {s}" for s in table.index])
     ax.set_ylabel(f"Δ {c.metric} ({'higher' if c.mode == 'max' else 'lower'} is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     title = (f"{pair.model}, {pair.kernel_size} × {pair.kernel_size}: {cmp.verdict} — Δ {cmp.difference:+.4g} "
              f"[{cmp.ci_low:+.4g}, {cmp.ci_high:+.4g}], paired t p = {cmp.p_value:.3g}, n = {cmp.n}")
-    if c.control is not None and c.control.explained is not None:
-        title += (f"\nthe init-scale control reproduces {100 * c.control.explained:.0f}% of the gain; α against the "
-                  f"control: {c.control.beyond_scale.verdict}")
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def draw_arms(pair: Pair) -> Figure:
+    """The arms' paired differences against α = 1 side by side: the chosen α and each control that ran."""
+    c = pair.confirm
+    arms = [Arm.ALPHA, *(a for a in CONTROLS if a in c.controls)]
+    fig = Figure(figsize=(1.9 * len(arms) + 2.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axhline(0, color=BASELINE_COLOR, linewidth=1)
+    labels = []
+    for i, arm in enumerate(arms):
+        cmp = c.comparison if arm == Arm.ALPHA else c.controls[arm].versus_baseline
+        table = c.values[[Arm.ALPHA, Arm.BASELINE, arm]].dropna() if arm != Arm.ALPHA else c.values[
+            [Arm.ALPHA, Arm.BASELINE]].dropna()
+        diff = (table[arm] - table[Arm.BASELINE]).to_numpy()
+        color = BEST_COLOR if arm == Arm.ALPHA else CONTROL_COLOR
+        jitter = np.linspace(-0.12, 0.12, len(diff)) if len(diff) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, diff, color=color, s=30, zorder=4, edgecolor="white", alpha=0.8)
+        ax.errorbar(i, cmp.difference, yerr=[[cmp.difference - cmp.ci_low], [cmp.ci_high - cmp.difference]],
+                    fmt="_", markersize=22, color="black", capsize=6, linewidth=1.5, zorder=5)
+        share = None if arm == Arm.ALPHA else c.controls[arm].explained
+        labels.append(f"α = {format_alpha(c.alpha)}\n{cmp.verdict}" if arm == Arm.ALPHA else
+                      f"{arm}\n{cmp.verdict}" + ("" if share is None else f", share {share:.2f}"))
+    ax.set_xticks(range(len(arms)), labels, fontsize=8)
+    ax.set_xlim(-0.6, len(arms) - 0.4)
+    ax.set_ylabel(f"Δ {c.metric} against α = 1 ({'higher' if c.mode == 'max' else 'lower'} is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{pair.model}, {pair.kernel_size} × {pair.kernel_size}: {decomposition_line(c)}", fontsize=9,
+                 wrap=True)
     return fig

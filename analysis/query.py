@@ -30,12 +30,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import Frames, load
-from analysis.stats import UNCONFIRMED, InitScaleShare, PairedComparison, compare_paired, init_scale_share
+from analysis.arms import CONTROLS, FIELDS, Arm
+from analysis.stats import UNCONFIRMED, ControlShare, PairedComparison, compare_paired, control_share
 from analysis.store import TERMINAL, Store
 
 SEARCH, CONFIRM = "search", "confirm"
-ARM_ALPHA, ARM_BASELINE, ARM_CONTROL = "alpha", "baseline", "init-scale"
-"""Confirmation arms: the chosen α, α = 1, and α = 1 with the initial weights scaled like α's."""
 
 CELL_COLUMNS = [
     "sweep", "cell", "model", "kernel_size", "seed", "metric", "mode",
@@ -49,24 +48,31 @@ MODEL_COLUMNS = [
     "ci_low", "ci_high", "best_trials", "baseline_trials",
     "verdict", "confirm_alpha", "confirm_metric", "confirm_seeds", "confirm_alpha_mean", "confirm_alpha_std",
     "confirm_baseline_mean", "confirm_baseline_std", "confirm_difference", "confirm_ci_low", "confirm_ci_high",
-    "confirm_p", "init_scale_explained", "beats_baseline", "note",
+    "confirm_p", *(f"{FIELDS[c]}_explained" for c in CONTROLS), "controls", "decomposition", "beats_baseline",
+    "note",
 ]  # fmt: skip
 """``difference``/``ci_*`` are best − baseline in metric units; ``improvement`` is signed so positive is better.
 ``beats_baseline`` is False when no α beat α = 1 (``best_alpha`` is then α = 1), None without a finished α = 1;
-``note`` says why a row has no best, or that no α beat α = 1."""
+``note`` says why a row has no best, or that no α beat α = 1. ``<control>_explained`` (``init_scale``, ``init_shape``,
+``lr_shape``): the share of the confirmed gain that control reproduces; ``controls`` holds each control's paired
+comparison with α = 1 (``difference``, ``ci_low``, ``ci_high``, ``p``, ``verdict``, ``explained``, and
+``beyond_verdict``: α against the control); ``decomposition`` is the one-line reading of both
+(``decomposition_line``)."""
 
 # The compact view `format_table(..., "table")` shows; json and csv carry every column.
 _TABLE_COLUMNS = {
     "cell": ["sweep", "cell", "metric", "best_alpha", "best_value", "baseline_value", "improvement",
              "n_completed", "n_stopped", "n_failed", "n_trials", "verdict", "note"],
     "model": ["sweep", "model", "kernel_size", "metric", "best_alpha", "n_seeds", "best_value", "baseline_value",
-              "improvement", "ci", "verdict", "confirm_difference", "confirm_ci", "confirm_p", "note"],
+              "improvement", "ci", "verdict", "confirm_difference", "confirm_ci", "confirm_p",
+              *(f"{FIELDS[c]}_explained" for c in CONTROLS), "note"],
 }  # fmt: skip
 _TABLE_HEADERS = {
     "kernel_size": "kernel", "best_alpha": "best α", "n_seeds": "seeds", "best_value": "best",
     "baseline_value": "α = 1", "n_completed": "completed", "n_stopped": "stopped", "n_failed": "failed",
     "n_trials": "trials", "ci": "95% CI (search)", "confirm_difference": "confirmed Δ",
     "confirm_ci": "95% CI (confirm)", "confirm_p": "p (paired t)",
+    **{f"{FIELDS[c]}_explained": f"{c} share" for c in CONTROLS},
 }  # fmt: skip
 _SIGNED = {"difference", "improvement", "confirm_difference", "ci", "confirm_ci"}
 
@@ -327,8 +333,14 @@ def _by_model(frames: Frames) -> list[dict]:
                 row.update(confirm_alpha_mean=c.mean_a, confirm_alpha_std=c.std_a, confirm_baseline_mean=c.mean_b,
                            confirm_baseline_std=c.std_b, confirm_difference=c.difference, confirm_ci_low=c.ci_low,
                            confirm_ci_high=c.ci_high, confirm_p=c.p_value)
-            if confirm.control is not None:
-                row["init_scale_explained"] = confirm.control.explained
+            if confirm.controls:
+                row["controls"] = {str(arm): dict(
+                    difference=share.versus_baseline.difference, ci_low=share.versus_baseline.ci_low,
+                    ci_high=share.versus_baseline.ci_high, p=share.versus_baseline.p_value,
+                    verdict=share.versus_baseline.verdict, explained=share.explained,
+                    beyond_verdict=share.beyond.verdict) for arm, share in confirm.controls.items()}
+                row.update({f"{FIELDS[arm]}_explained": share.explained for arm, share in confirm.controls.items()})
+            row["decomposition"] = decomposition_line(confirm)
         rows.append(row)
     return rows
 
@@ -344,18 +356,27 @@ class Confirmation:
     metric: str
     mode: str
     values: pd.DataFrame
-    """Index: seed; columns: the arms (``ARM_ALPHA``, ``ARM_BASELINE``, ``ARM_CONTROL`` when run); NaN where
+    """Index: seed; columns: the arms (``Arm.ALPHA``, ``Arm.BASELINE``, then each control that ran); NaN where
     that arm has not completed on that seed."""
     planned_seeds: int
     """Seeds with a confirmation trial of this α recorded, finished or not."""
     comparison: PairedComparison | None
     """α against α = 1 on the seeds where both completed; None with fewer than two such seeds."""
-    control: InitScaleShare | None
-    """The init-scale control's share of the gain, on the seeds where all three arms completed."""
+    controls: dict[Arm, ControlShare]
+    """Each control that ran, in ``CONTROLS`` order: its share of the gain, on the seeds where α, α = 1 and it
+    completed (at least two)."""
+    optimizer: str | None = None
+    """The optimiser the sweep trained with (``identity_holds``); None when not recorded."""
 
     @property
     def seeds(self) -> list[int]:
-        return [int(s) for s in self.values.dropna(subset=[ARM_ALPHA, ARM_BASELINE]).index]
+        return [int(s) for s in self.values.dropna(subset=[Arm.ALPHA, Arm.BASELINE]).index]
+
+    @property
+    def identity_holds(self) -> bool | None:
+        """Whether init-shape and lr-shape together are *exactly* the weighted conv under this confirmation's
+        optimiser: True under SGD, False under Adam (ε/Φ for ε); None when the optimiser is not recorded."""
+        return None if self.optimizer is None else self.optimizer == "sgd"
 
     @property
     def verdict(self) -> str:
@@ -377,7 +398,7 @@ def confirmation(frames: Frames, sweep: str, model: str, kernel: int) -> Confirm
     metric, mode = _sweep_settings(frames, sweep)
     if mine.empty or metric is None:
         return None
-    alpha_arm = mine[mine["arm"] == ARM_ALPHA].sort_values("updated_at")
+    alpha_arm = mine[mine["arm"] == Arm.ALPHA].sort_values("updated_at")
     if alpha_arm.empty:
         return None
     alpha = [float(a) for a in alpha_arm.iloc[-1]["alpha"]]  # the latest α confirmed, if ever re-planned
@@ -386,21 +407,70 @@ def confirmation(frames: Frames, sweep: str, model: str, kernel: int) -> Confirm
     metric = confirm_metric(metric, list(trials.columns))
     values = trial_values(mine, metric)
     done = mine.assign(value=values)[(mine["status"] == "completed") & values.notna()].sort_values("updated_at")
-    arms = [ARM_ALPHA, ARM_BASELINE] + ([ARM_CONTROL] if (mine["arm"] == ARM_CONTROL).any() else [])
+    arms = [Arm.ALPHA, Arm.BASELINE] + [c for c in CONTROLS if (mine["arm"] == c).any()]
     table = pd.DataFrame(np.nan, index=pd.Index(sorted(int(s) for s in seeds), name="seed"), columns=arms)
     for (seed, arm), value in done.groupby(["seed", "arm"])["value"].last().items():
         if arm in arms:
             table.loc[int(seed), arm] = value
-    paired = table.dropna(subset=[ARM_ALPHA, ARM_BASELINE])
-    comparison = control = None
+    paired = table.dropna(subset=[Arm.ALPHA, Arm.BASELINE])
+    comparison = None
     if len(paired) >= 2:
-        comparison = compare_paired(paired[ARM_ALPHA], paired[ARM_BASELINE], mode)
-    if ARM_CONTROL in table.columns:
-        triple = table.dropna()
+        comparison = compare_paired(paired[Arm.ALPHA], paired[Arm.BASELINE], mode)
+    controls = {}
+    for arm in arms[2:]:
+        triple = table[[Arm.ALPHA, Arm.BASELINE, arm]].dropna()
         if len(triple) >= 2:
-            control = init_scale_share(triple[ARM_ALPHA], triple[ARM_BASELINE], triple[ARM_CONTROL], mode)
+            controls[arm] = control_share(triple[Arm.ALPHA], triple[Arm.BASELINE], triple[arm], mode)
     return Confirmation(sweep=sweep, model=model, kernel_size=int(kernel), alpha=alpha, metric=metric, mode=mode,
-                        values=table, planned_seeds=len(seeds), comparison=comparison, control=control)
+                        values=table, planned_seeds=len(seeds), comparison=comparison, controls=controls,
+                        optimizer=_optimizer(frames, sweep))
+
+
+def _optimizer(frames: Frames, sweep: str) -> str | None:
+    """The optimiser a sweep's trials ran (its recorded spec's ``training.optimizer``, else the task's default)."""
+    rows = frames.sweeps[frames.sweeps["name"] == sweep]
+    spec = rows.iloc[0].get("spec") if not rows.empty and "spec" in rows.columns else None
+    if not isinstance(spec, dict):
+        return None
+    training = spec.get("training") or {}
+    if training.get("optimizer"):
+        return training["optimizer"]
+    return {"classification": "sgd", "denoising": "adam"}.get(spec.get("task"))
+
+
+_UNITS = {"psnr": " dB"}
+
+
+def _num(x: float) -> str:
+    """A signed difference to 3 significant digits; below 1e-6 in size it is 0 (metrics are computed in float32,
+    so a mean of equal values can differ from 0 by rounding alone)."""
+    return "+0" if abs(x) < 1e-6 else f"{x:+.3g}"
+
+
+def decomposition_line(confirm: Confirmation | None) -> str | None:
+    """One line reading a confirmation and its controls, e.g. "gain +4.5 dB [3.4, 5.8], confirmed; init-shape
+    reproduces 0.9 of it, lr-shape 0.2, init-scale 0.7" (a share is the control's gain over α = 1 divided by
+    α's, on the seeds all three finished); None before the confirmation has two paired seeds."""
+    if confirm is None or confirm.comparison is None:
+        return None
+    c = confirm.comparison
+    unit = _UNITS.get(confirm.metric.split("_", 1)[-1], "")
+    low, high = (c.ci_low, c.ci_high) if c.mode == "max" else (-c.ci_high, -c.ci_low)  # as an improvement
+    line = f"gain {_num(c.improvement)}{unit} [{_num(low)}, {_num(high)}], {c.verdict}"
+    if not confirm.controls:
+        return line
+    parts = []
+    for arm, share in confirm.controls.items():
+        vs = share.versus_baseline
+        own = f"{_num(vs.improvement)}{unit} against α = 1, {vs.verdict}"
+        if share.explained is None:
+            parts.append(f"{arm}: {own}")
+        else:  # the first share reads in full, the next ones after it
+            verb = " reproduces" if not any(" reproduces " in p for p in parts) else ""
+            parts.append(f"{arm}{verb} {share.explained:.2f}{' of it' if verb else ''} ({own})")
+    if all(share.explained is None for share in confirm.controls.values()):
+        return f"{line}; no gain for a control to reproduce: " + ", ".join(parts)
+    return f"{line}; " + ", ".join(parts)
 
 
 def _alpha_key(alpha: Any) -> tuple[float, ...]:
@@ -437,7 +507,12 @@ def format_table(df: pd.DataFrame, fmt: str = "table", *, columns: Sequence[str]
     shown = compact_view(df, columns)
     if shown.empty:
         return shown.to_markdown(index=False, tablefmt="simple") + "\n(no results)\n"
-    return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True) + "\n"
+    text = shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True) + "\n"
+    if "decomposition" in df.columns and columns is None:
+        lines = [f"{r['model']} {r['kernel_size']}×{r['kernel_size']}: {r['decomposition']}"
+                 for _, r in df.iterrows() if r["decomposition"]]
+        text += "".join(f"\n{line}" for line in lines) + ("\n" if lines else "")
+    return text
 
 
 def compact_view(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -449,7 +524,9 @@ def compact_view(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.D
         df["confirm_ci"] = [_interval(lo, hi) for lo, hi in zip(df["confirm_ci_low"], df["confirm_ci_high"])]
     if columns is None:
         compact = _TABLE_COLUMNS["model" if "n_seeds" in df.columns else "cell"]
-        columns = [c for c in compact if c in df.columns] or list(df.columns)
+        shares = {f"{FIELDS[c]}_explained" for c in CONTROLS}  # shown only where a control ran
+        columns = [c for c in compact if c in df.columns and (c not in shares or df[c].notna().any())] or list(
+            df.columns)
     shown = pd.DataFrame({c: [_cell(c, v) for v in df[c]] for c in columns}, columns=list(columns))
     return shown.rename(columns=_TABLE_HEADERS)
 
@@ -481,6 +558,8 @@ def _cell(column: str, value: Any) -> str:
     if isinstance(value, float):
         if column == "confirm_p":
             return f"{value:.3g}"
+        if column.endswith("_explained"):
+            return f"{value:.2f}"
         return f"{value:+.4g}" if column in _SIGNED else f"{value:.4g}"
     return str(value)
 

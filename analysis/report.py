@@ -205,7 +205,7 @@ def _index_html(info: dict, frames: Frames, best, listing, shown, source) -> str
              "α = 1 is biased upward. The verdict comes from the confirmation: the chosen α and α = 1 retrained on "
              "fresh seeds and compared seed by seed. <i>unconfirmed</i> means no confirmation has finished "
              "on two or more seeds yet (<code>wconv confirm</code>).</p>",
-             "<h2>Best α per model</h2>", _best_html(best)]
+             "<h2>Best α per model</h2>", _best_html(best), *_decomposition_html(best)]
     parts.append("<h2>Tables</h2>")
     for table in listing:
         assert isinstance(table, Table)
@@ -228,6 +228,21 @@ def _index_html(info: dict, frames: Frames, best, listing, shown, source) -> str
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
             f"<title>wconv report — {html.escape(info['name'])}</title>\n<style>{_CSS}</style>\n</head>\n"
             f"<body>\n{body}\n</body>\n</html>\n")
+
+
+def _decomposition_html(best) -> list[str]:
+    """One line per confirmed (model, kernel): the gain and what each control reproduces of it."""
+    from analysis.tables import IDENTITY_NOTE
+
+    lines = [(r["model"], r["kernel_size"], r["decomposition"]) for _, r in best.iterrows()
+             if r.get("decomposition")]
+    if not lines:
+        return []
+    items = "".join(f"<li><b>{html.escape(str(m))} {k}×{k}</b>: {html.escape(text)}</li>" for m, k, text in lines)
+    shaped = any(isinstance(r.get("controls"), dict) and {"init-shape", "lr-shape"} <= set(r["controls"])
+                 for _, r in best.iterrows())
+    note = f"<p class='meta'>{html.escape(IDENTITY_NOTE)}.</p>" if shaped else ""
+    return [f"<h3>Where the gain comes from (confirmation)</h3><ul>{items}</ul>{note}"]
 
 
 def _best_html(best) -> str:

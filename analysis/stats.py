@@ -122,23 +122,27 @@ def _paired_t_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class InitScaleShare:
-    """How much of α's gain over α = 1 the init-scale control (α = 1, initial weights scaled like α's) reproduces."""
+class ControlShare:
+    """How much of α's gain over α = 1 a control arm (α = 1 with one part of α's density, ``analysis.arms``)
+    reproduces, on the seeds where α, α = 1 and the control all finished."""
 
     gain: float
-    """Mean improvement of α over α = 1 (positive = better), over the seeds all three arms finished."""
+    """Mean improvement of α over α = 1 (positive = better) on those seeds."""
     control_gain: float
     """Mean improvement of the control over α = 1 on the same seeds."""
     explained: float | None
-    """control_gain / gain: 1 means the scale at initialisation explains all of it; None when gain is 0."""
-    beyond_scale: PairedComparison
-    """α against the control: is anything left once the initial scale is matched?"""
+    """control_gain / gain: 1 means the control reproduces all of α's gain, 0 none of it; None when the gain
+    is 0 (nothing to share) or negative (α lost: a share of a loss reads backwards)."""
+    versus_baseline: PairedComparison
+    """The control against α = 1: its paired difference, CI, test and verdict."""
+    beyond: PairedComparison
+    """α against the control: is anything left once the control's part is matched?"""
 
 
-def init_scale_share(
+def control_share(
     alpha: Sequence[float], baseline: Sequence[float], control: Sequence[float], mode: str, **bootstrap
-) -> InitScaleShare:
-    """Split α's gain over α = 1 into the part the density's scale at initialisation explains and the rest."""
+) -> ControlShare:
+    """Split α's gain over α = 1 into the part a control reproduces and the rest (paired, seed by seed)."""
     alpha_arr, base_arr, control_arr = (np.asarray(x, dtype=float) for x in (alpha, baseline, control))
     if not alpha_arr.shape == base_arr.shape == control_arr.shape:
         raise ValueError(f"the three arms need one value per seed each, got {len(alpha_arr)}, "
@@ -146,9 +150,10 @@ def init_scale_share(
     sign = 1.0 if mode == "max" else -1.0
     gain = float(sign * (alpha_arr - base_arr).mean())
     control_gain = float(sign * (control_arr - base_arr).mean())
-    return InitScaleShare(
+    return ControlShare(
         gain=gain,
         control_gain=control_gain,
-        explained=None if gain == 0 else control_gain / gain,
-        beyond_scale=compare_paired(alpha_arr, control_arr, mode, **bootstrap),
+        explained=control_gain / gain if gain > 0 else None,
+        versus_baseline=compare_paired(control_arr, base_arr, mode, **bootstrap),
+        beyond=compare_paired(alpha_arr, control_arr, mode, **bootstrap),
     )

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import Frames
-from analysis.query import AlphaChoice, Confirmation, choose_alpha, confirmation, format_alpha, search_trials
+from analysis.arms import CONTROLS, DESCRIPTIONS, FIELDS, Arm
+from analysis.query import (AlphaChoice, Confirmation, choose_alpha, confirmation, decomposition_line, format_alpha,
+                            search_trials)
 from analysis.stats import UNCONFIRMED
 from wconv.metrics import METRIC_MODES, TASK_METRICS
 
@@ -241,14 +243,14 @@ def timing_table(frames: Frames, sweep: dict) -> Table:
 
 def confirmation_table(frames: Frames, sweep: dict) -> Table | None:
     """Per confirmed (model, kernel size): both arms' mean ± std over the fresh seeds, the paired difference with
-    its 95% bootstrap CI, the paired t-test's p, the verdict and, with the init-scale control, its share of the
-    gain. None when the sweep has no confirmation trials."""
+    its 95% bootstrap CI, the paired t-test's p, the verdict and, for each control that ran (``analysis.arms``),
+    its share of the gain and its own paired verdict against α = 1. None when the sweep has no confirmation
+    trials."""
     data_rows, shown_rows = [], []
-    for pair in pairs(frames, sweep):
-        c = pair.confirm
-        if c is None:
-            continue
-        cmp, ctl = c.comparison, c.control
+    confirmed = [p.confirm for p in pairs(frames, sweep) if p.confirm is not None]
+    ran = [arm for arm in CONTROLS if any(arm in c.values.columns for c in confirmed)]
+    for c in confirmed:
+        cmp = c.comparison
         metric = c.metric.split("_", 1)[-1]
 
         def fmt(value: float | None) -> str:
@@ -261,8 +263,8 @@ def confirmation_table(frames: Frames, sweep: dict) -> Table | None:
             "baseline_mean": cmp.mean_b if cmp else None, "baseline_std": cmp.std_b if cmp else None,
             "difference": cmp.difference if cmp else None, "ci_low": cmp.ci_low if cmp else None,
             "ci_high": cmp.ci_high if cmp else None, "p_value": cmp.p_value if cmp else None, "verdict": c.verdict,
-            "control_gain": ctl.control_gain if ctl else None, "init_scale_explained": ctl.explained if ctl else None,
-            "beyond_scale_verdict": ctl.beyond_scale.verdict if ctl else None,
+            **{f"{FIELDS[arm]}_{key}": value for arm in CONTROLS for key, value in _control_fields(c, arm).items()},
+            "decomposition": decomposition_line(c),
         })  # fmt: skip
         shown_rows.append({
             "Kernel": _kernel_label(c.kernel_size), "Method": c.model, "α": format_alpha(c.alpha),
@@ -271,8 +273,8 @@ def confirmation_table(frames: Frames, sweep: dict) -> Table | None:
             "α = 1: mean ± std": f"{fmt(cmp.mean_b)} ± {fmt(cmp.std_b)}" if cmp else "-",
             "Δ [95% CI]": _interval(cmp), "p (paired t)": f"{cmp.p_value:.3g}" if cmp else "-",
             "Verdict": c.verdict,
-            "Init-scale share": "-" if ctl is None or ctl.explained is None else f"{100 * ctl.explained:.0f}%",
-            "α vs init-scale": ctl.beyond_scale.verdict if ctl else "-",
+            **{f"{arm} share": _share(c, arm) for arm in ran},
+            "Decomposition": decomposition_line(c) or "-",
         })  # fmt: skip
     if not data_rows:
         return None
@@ -280,6 +282,40 @@ def confirmation_table(frames: Frames, sweep: dict) -> Table | None:
     caption = ("Confirmation — the chosen α against α = 1 retrained on fresh seeds (same seed, same initial weights "
                "and data order), on the test metric; Δ = α − (α = 1) with its 95% percentile-bootstrap CI "
                "(10,000 resamples) and the paired t-test's two-sided p. Confirmed: the CI excludes 0 on the better "
-               "side and p < 0.05. Init-scale share: the control's (α = 1, initial weights scaled by √mean(Φ²)) "
-               "gain over α = 1 as a share of α's gain.")
+               "side and p < 0.05.")
+    if ran:
+        caption += (" A control's share: its gain over α = 1 as a share of α's gain, on the seeds all three "
+                    "finished (in brackets: the control against α = 1, Δ and verdict). Controls: "
+                    + "; ".join(f"{arm}, {DESCRIPTIONS[arm]}" for arm in ran) + ".")
+    if {Arm.INIT_SHAPE, Arm.LR_SHAPE} <= set(ran):
+        caption += " " + IDENTITY_NOTE + "."
+        holds = {c.identity_holds for c in confirmed}
+        if holds == {True}:
+            caption += " This sweep trained with SGD: the identity is exact here."
+        elif holds == {False}:
+            caption += f" This sweep trained with {confirmed[0].optimizer}: the identity holds only approximately here."
     return _table("confirmation", caption, data_rows, shown_rows, bold_rows)
+
+
+IDENTITY_NOTE = ("Under SGD, init-shape and lr-shape together are the weighted convolution exactly (initial weights "
+                 "Φ ∘ W₀ and Φ² on the gradient give V = Φ ∘ W at every step, momentum, Nesterov and weight decay "
+                 "included); under Adam only approximately (the step scales by Φ, but ε becomes ε/Φ)")
+
+
+def _control_fields(c: Confirmation, arm: Arm) -> dict:
+    share = c.controls.get(arm)
+    if share is None:
+        return {"explained": None, "difference": None, "ci_low": None, "ci_high": None, "p_value": None,
+                "verdict": None, "beyond_verdict": None}
+    vs = share.versus_baseline
+    return {"explained": share.explained, "difference": vs.difference, "ci_low": vs.ci_low, "ci_high": vs.ci_high,
+            "p_value": vs.p_value, "verdict": vs.verdict, "beyond_verdict": share.beyond.verdict}
+
+
+def _share(c: Confirmation, arm: Arm) -> str:
+    share = c.controls.get(arm)
+    if share is None:
+        return "-"
+    vs = share.versus_baseline
+    own = f"Δ {vs.difference:+.3g}, {vs.verdict}"
+    return f"{share.explained:.2f} ({own})" if share.explained is not None else f"- ({own})"

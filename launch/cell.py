@@ -85,16 +85,16 @@ def record_fields(cell: Cell, alpha, arm: str | None = None) -> dict:
             "baseline": is_baseline(alpha) and arm in (None, "baseline"), "arm": arm}
 
 
-def trial_config(sweep: Sweep, cell: Cell, alpha, *, arm: str | None = None, init_scale=None):
+def trial_config(sweep: Sweep, cell: Cell, alpha, *, arm: str | None = None, **controls):
     """The ``wconv.train.TrialConfig`` of one trial (imports torch: call it where trials run).
 
     A search's baseline runs its full budget (``baseline=True``: no early stopping, never stopped by ASHA);
-    a confirmation's arms (``arm``) all run the same protocol. ``init_scale``: the α whose density scale
-    multiplies the initial weights (a confirmation's control arm)."""
+    a confirmation's arms (``arm``) all run the same protocol. ``controls``: a control arm's ``TrialConfig``
+    field set to the chosen α (``analysis.arms.FIELDS``: ``init_scale``, ``init_shape``, ``lr_shape``)."""
     from wconv.train import TrialConfig
 
     baseline = is_baseline(alpha)
-    extra = {} if init_scale is None else {"init_scale": tuple(float(a) for a in init_scale)}
+    extra = {k: tuple(float(a) for a in v) for k, v in controls.items() if v is not None}
     return TrialConfig(model=cell.model, dataset=sweep.dataset.name, kernel_size=cell.kernel_size,
                        alpha=None if baseline else tuple(float(a) for a in alpha), seed=cell.seed,
                        training=sweep.training_config(), model_options=cell.model_options,

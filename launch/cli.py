@@ -165,7 +165,18 @@ def _cmd_confirm(args) -> None:
         require_slurm()
         launcher = SlurmLauncher(load_profile(args.cluster), Path(args.runs_dir).resolve() / sweep.name / "slurm",
                                  args.account)
-    confirm_sweep(sweep, args.runs_dir, args.seeds, alpha=args.alpha, control=args.control, launcher=launcher)
+    confirm_sweep(sweep, args.runs_dir, args.seeds, alpha=args.alpha, controls=args.control or (),
+                  launcher=launcher)
+
+
+def _controls(text: str):
+    """--control init-scale,lr-shape: names from ``analysis.arms.CONTROLS``."""
+    from analysis.arms import parse_controls
+
+    try:
+        return parse_controls(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _alpha_list(text: str) -> list[float]:
@@ -333,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(p, "sweep YAML file, or the name of a sweep the results store holds (as `wconv run` recorded it)")
     p.add_argument("--seeds", type=_at_least(2), required=True, help="fresh seeds per (model, kernel size), ≥ 2")
     p.add_argument("--alpha", type=_alpha_list, help="the α to confirm for every model (default: the search's best)")
-    p.add_argument("--control", choices=["init-scale"], help="add α = 1 with the chosen α's initial weight scale")
+    p.add_argument("--control", type=_controls, metavar="ARM[,ARM…]",
+                   help="control arms, comma-separated: init-scale (α = 1, initial weights × √mean(Φ²)), init-shape "
+                        "(× Φ), lr-shape (per-position learning rate Φ² under SGD, Φ under Adam)")
     p.add_argument("--cluster", metavar="PROFILE", help="run through SLURM with this cluster profile")
     p.add_argument("--account", help="SLURM account to charge (with --cluster)")
     p.add_argument("--runs-dir", default="results/runs", type=Path, help="checkpoints of the confirmation trials")

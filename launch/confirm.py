@@ -4,9 +4,11 @@ A search picks the α that did best on its own seed and data, so its gain is bia
 digits, +0.45 points on the picking seed, +0.05 on others). ``wconv confirm`` retrains, for each (model,
 kernel size), the chosen α and α = 1 on N fresh seeds — the same seed fixes the initial weights and the
 data order of both arms, so the runs pair up — and ``analysis.query.confirmation`` turns them into a
-verdict (paired difference, bootstrap CI, paired test). ``--control init-scale`` adds a third arm: α = 1
-with each would-be-weighted conv's initial weights scaled by √mean(Φ²) of the chosen α, to tell how much
-of a gain the density's scale at initialisation explains.
+verdict (paired difference, bootstrap CI, paired test). ``--control init-scale,init-shape,lr-shape`` adds
+control arms (any of them, ``analysis.arms``), each α = 1 with one part of the chosen α's density: its scale
+at initialisation (√mean(Φ²)), its shape at initialisation (Φ ∘ W₀) or its per-position learning rate
+(Φ² on the SGD gradient, Φ on the Adam step), to tell which part carries a gain. Under SGD init-shape and
+lr-shape together are the weighted conv exactly (``wconv.conv.LRShape``).
 
 The sweep is named by its file, or by its name when the store holds it: every search records its validated
 spec, so ``wconv run sweeps/smoke.yaml`` followed by ``wconv confirm smoke --seeds 5`` confirms that sweep
@@ -27,12 +29,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
+from analysis.arms import CONTROLS, FIELDS, Arm
 from launch.cell import baseline_alpha, prepare_sweep
 from launch.launcher import SubmitError, Task
 from launch.spec import Cell, Sweep
 
-ARMS = ("baseline", "alpha")
-CONTROL = "init-scale"
 FIRST_SEED = 1000
 
 
@@ -115,9 +116,39 @@ def chosen_alphas(sweep: Sweep, alpha: Optional[Sequence[float]], out: TextIO = 
     return {pair: tuple(float(a) for a in best[pair]) for pair in pairs if pair not in beaten}
 
 
+def check_controls(sweep: Sweep, controls: Sequence[Arm]) -> None:
+    """SubmitError unless every control can run on every (model, kernel size) of ``sweep``: a control needs
+    convs the density would weight (checked on the meta device: nothing allocated), and lr-shape an
+    optimiser its derivation covers (``wconv.conv.lr_shape_problem``)."""
+    if not controls:
+        return
+    import torch
+
+    from wconv import models
+    from wconv.conv import lr_shape_problem, weightable
+
+    tc = sweep.training_config()
+    problem = Arm.LR_SHAPE in controls and lr_shape_problem(tc.optimizer, tc.weight_decay, tc.learnable_alpha)
+    if problem:
+        others = [c for c in CONTROLS if c != Arm.LR_SHAPE]
+        raise SubmitError(f"--control {problem} (sweep {sweep.name!r}, training.optimizer {tc.optimizer}); the "
+                          f"controls that can run here: {', '.join(others)}")
+    found, empty = [], []
+    for model in sweep.models:
+        for kernel in sorted(sweep.kernels):
+            with torch.device("meta"):
+                net = models.build(model.name, kernel_size=kernel, **dict(model.options))
+            (found if weightable(net, kernel) else empty).append(f"{model.name} {kernel}×{kernel}")
+    if empty:
+        raise SubmitError(f"--control {','.join(controls)}: {', '.join(empty)} has no conv the density weights, so "
+                          f"no control differs from α = 1 there; the (model, kernel) pairs with one: "
+                          f"{', '.join(found) or 'none'}; drop --control or those models")
+
+
 def plan_confirmation(sweep: Sweep, runs_dir: Path | str, chosen: dict, seeds: Sequence[int],
-                      control: bool = False) -> list[Task]:
-    """One task per (model, kernel size, seed), each a cell with the arms as its fixed trials."""
+                      controls: Sequence[Arm] = ()) -> list[Task]:
+    """One task per (model, kernel size, seed), each a cell with the arms as its fixed trials: α = 1, the
+    chosen α, then each control (α = 1 with its ``TrialConfig`` field set to the chosen α)."""
     tasks = []
     for model in sweep.models:
         for kernel, ranges in sorted(sweep.kernels.items()):
@@ -127,28 +158,31 @@ def plan_confirmation(sweep: Sweep, runs_dir: Path | str, chosen: dict, seeds: S
             for seed in seeds:
                 cell = Cell(sweep.name, model.name, dict(model.options), kernel, tuple(map(tuple, ranges)), seed)
                 one = baseline_alpha(cell)
-                plan = [{"arm": "baseline", "alpha": one}, {"arm": "alpha", "alpha": alpha}]
-                if control:
-                    plan.append({"arm": CONTROL, "alpha": one, "init_scale": alpha})
+                plan = [{"arm": Arm.BASELINE.value, "alpha": one}, {"arm": Arm.ALPHA.value, "alpha": alpha}]
+                plan += [{"arm": c.value, "alpha": one, FIELDS[c]: alpha} for c in controls]
                 tasks.append(Task(sweep, cell, 0, str(runs_dir), plan=tuple(plan)))
     return tasks
 
 
 def confirm_sweep(sweep: Sweep, runs_dir: Path | str, seeds: int, *, alpha: Optional[Sequence[float]] = None,
-                  control: Optional[str] = None, launcher=None, out: TextIO = sys.stdout) -> None:
-    """Plan and run (locally, or through ``launcher``) the confirmation of every (model, kernel size)."""
+                  controls: Sequence[Arm] = (), launcher=None, out: TextIO = sys.stdout) -> None:
+    """Plan and run (locally, or through ``launcher``) the confirmation of every (model, kernel size), with
+    the control arms ``controls`` (``analysis.arms.CONTROLS``)."""
     from analysis.store import Store
     from launch.local import LocalLauncher
 
+    controls = tuple(Arm(c) for c in controls)
+    check_controls(sweep, controls)
     with Store(sweep.storage, create=False) as store:
         if store.sweep(sweep.name) is None:
             raise SubmitError(f"sweep {sweep.name!r} is not in {store!r}: run its search first (wconv run)")
     sweep, runs_dir = prepare_sweep(sweep, runs_dir)
     chosen = chosen_alphas(sweep, alpha, out)
-    tasks = plan_confirmation(sweep, runs_dir, chosen, fresh_seeds(sweep, seeds), control == CONTROL)
+    tasks = plan_confirmation(sweep, runs_dir, chosen, fresh_seeds(sweep, seeds), controls)
     for (model, kernel), a in chosen.items():
         print(f"confirming {model} {kernel}×{kernel}: α = ({', '.join(f'{x:.3f}' for x in a)}) against α = 1"
-              + (" and the init-scale control" if control else "") + f" on seeds {fresh_seeds(sweep, seeds)}",
+              + (f" and the {', '.join(controls)} control(s)" if controls else "")
+              + f" on seeds {fresh_seeds(sweep, seeds)}",
               file=out)
     handles = (launcher or LocalLauncher(out)).submit(sweep, tasks)
     if launcher is not None:

@@ -40,6 +40,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from analysis.arms import FIELDS
 from analysis.store import TERMINAL, Store
 from launch.cell import (alpha_of, cell_dir, key_of, record_fields, trial_config, trial_key,
                          trials_per_cell)
@@ -201,13 +202,13 @@ def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: 
 
     torch.set_num_threads(max(1, int(cpus)))
     alpha, arm = alpha_of(config, cell), config.get("arm")
-    scale = config.get("init_scale")
+    controls = {f: config.get(f) for f in FIELDS.values()}
 
     def report(metrics: dict, directory: Path) -> None:
         tune.report(metrics)  # ray.train.report fails inside Tune; tune.report is the function-trainable API
 
     with owner_only():  # also when this worker belongs to a Ray cluster that another process started
-        run_trial(trial_config(sweep, cell, alpha, arm=arm, init_scale=scale), report,
+        run_trial(trial_config(sweep, cell, alpha, arm=arm, **controls), report,
                   Path(trials_dir) / trial_key(alpha, arm))
 
 

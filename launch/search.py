@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from analysis.arms import FIELDS
 from analysis.store import TERMINAL, Store
 from launch.cell import (alpha_names, baseline_alpha, is_baseline, record_fields, trial_id,
                          trials_per_cell)
@@ -309,7 +310,7 @@ class PlannedSearch(CellSearch):
 
     def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, plan: list[dict], *,
                  stage: str = "confirm"):
-        self.plan = plan  # [{"arm": ..., "alpha": (...), "init_scale": (...) | None}]
+        self.plan = plan  # [{"arm": ..., "alpha": (...), <a control's TrialConfig field>: (...)}]
         super().__init__(sweep, cell, runs_dir, holder, stage=stage)
 
     def _open(self) -> None:
@@ -321,8 +322,7 @@ class PlannedSearch(CellSearch):
     def config(self, arm: str) -> dict:
         planned = next(p for p in self.plan if p["arm"] == arm)
         config = dict(zip(alpha_names(self.cell), planned["alpha"]), arm=arm)
-        if planned.get("init_scale") is not None:
-            config["init_scale"] = list(planned["init_scale"])
+        config.update({f: list(planned[f]) for f in FIELDS.values() if planned.get(f) is not None})
         return config
 
     def suggest(self, tune_trial_id: str):

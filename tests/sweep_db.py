@@ -67,7 +67,8 @@ def smoke_db(tmp_path_factory) -> Path:
     return _built["db"]
 
 
-CONFIRMATION = {"alpha": [0.91, 0.93, 0.90], "baseline": [0.88, 0.91, 0.89], "init-scale": [0.90, 0.91, 0.895]}
+CONFIRMATION = {"alpha": [0.91, 0.93, 0.90], "baseline": [0.88, 0.91, 0.89], "init-scale": [0.90, 0.91, 0.895],
+                "init-shape": [0.905, 0.925, 0.90], "lr-shape": [0.885, 0.915, 0.89]}
 """test_accuracy per arm on the confirmation seeds ``CONFIRM_SEEDS`` that ``with_confirmation`` writes."""
 CONFIRM_SEEDS = (1000, 1001, 1002)
 

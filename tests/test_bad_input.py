@@ -368,6 +368,13 @@ CASES = [
                      "sweeps", "set resources.group_size: 1"),
         sweep={"resources.group_size": 4}, command=command, id=f"{command}-group-size-not-yet", sub=command == "run")
       for command, argv in (("run", ()), ("submit", ("--cluster", "local", "--dry-run")), ("confirm", ("--seeds", "2")))],
+    # -- confirm's control arms: refused before any store is opened (the model without weighted convs: test_controls)
+    V("--seeds", "3", "--control", "init-scale,init-shap", command="confirm", id="confirm-unknown-control",
+      says=("wconv confirm: argument --control: unknown control(s) 'init-shap'", "init-scale, init-shape, lr-shape")),
+    V("--seeds", "3", "--control", "lr-shape", command="confirm", id="confirm-lr-shape-adam-decay",
+      sweep={"training.optimizer": "adam"},
+      says=("wconv confirm: --control lr-shape: under Adam the derivation holds without weight decay only",
+            "the controls that can run here: init-scale, init-shape")),
 ]
 
 

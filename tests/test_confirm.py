@@ -1,5 +1,6 @@
-"""`wconv confirm` for real: a searched cell's α against α = 1 (and the init-scale control) on fresh paired seeds,
-through the local launcher, killed and run again (by the sweep's name), and its statistics against scipy."""
+"""`wconv confirm` for real: a searched cell's α against α = 1 and the three control arms (init-scale, init-shape,
+lr-shape) on fresh paired seeds, through the local launcher, killed and run again (by the sweep's name): nothing
+lost, nothing run twice; and its statistics against scipy."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     given = [] if unconfirmed[0]["beats_baseline"] else ["--alpha", "0.8"]
     chosen = chosen if not given else [0.8]
 
-    args = ["confirm", str(path), "--seeds", str(SEEDS), "--control", "init-scale", *given, *runs]
+    arms = ("alpha", "baseline", "init-scale", "init-shape", "lr-shape")
+    args = ["confirm", str(path), "--seeds", str(SEEDS), "--control", "lr-shape,init-scale,init-shape", *given, *runs]
     first = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], cwd=tmp_path, start_new_session=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -66,10 +68,12 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
             os.killpg(first.pid, signal.SIGKILL)
             pytest.fail(f"waited 400 s for two finished confirmation trials; saw {finished()}")
         time.sleep(0.1)
-    # Frozen first, so that what is killed is known: a run mid-way through its SEEDS * 3 trials.
+    # Frozen first, so that what is killed is known: a run mid-way through its SEEDS * 5 trials.
     os.killpg(first.pid, signal.SIGSTOP)
     assert first.poll() is None, "the confirmation ended before it could be killed"
-    assert finished() < SEEDS * 3, "the confirmation finished before it could be killed; give it more trials"
+    assert finished() < SEEDS * len(arms), "the confirmation finished before it could be killed; give it more trials"
+    before = store.trials(sweep="conf", stage="confirm")
+    done_before = {r["trial_id"]: r["updated_at"] for _, r in before.iterrows() if r["status"] in TERMINAL}
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     # Run again by the sweep's name, as best and report take it: the store recorded its validated spec.
@@ -77,12 +81,17 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     assert again.returncode == 0, again.stderr[-3000:]
 
     confirm = store.trials(sweep="conf", stage="confirm")
-    assert len(confirm) == SEEDS * 3 and confirm["trial_id"].is_unique
+    assert len(confirm) == SEEDS * len(arms) and confirm["trial_id"].is_unique
     assert (confirm["status"] == "completed").all(), confirm[["trial_id", "status", "reason"]].to_string()
     search_seeds = set(store.trials(sweep="conf", stage="search")["seed"])
     assert not search_seeds & set(confirm["seed"])  # fresh seeds, never the search's
-    assert confirm.groupby("seed")["arm"].apply(sorted).map(tuple).unique().tolist() == [
-        ("alpha", "baseline", "init-scale")]
+    assert confirm.groupby("seed")["arm"].apply(sorted).map(tuple).unique().tolist() == [arms]
+    # what had finished before the kill was not run again: its row is untouched
+    after = confirm.set_index("trial_id")["updated_at"]
+    assert done_before and all(after[t] == stamp for t, stamp in done_before.items())
+    # nothing lost: every trial recorded its every epoch
+    for tid in confirm["trial_id"]:
+        assert sorted(store.epochs("conf", tid)["epoch"]) == [1, 2], tid
     alpha_arm = confirm[confirm["arm"] == "alpha"]
     assert all(a == chosen for a in alpha_arm["alpha"])
 
@@ -101,3 +110,9 @@ def test_confirm_runs_paired_arms_survives_a_kill_and_its_verdict_matches_scipy(
     assert row["verdict"] in ("confirmed", "not confirmed", "worse")
     shown = _wconv("best", "--sweep", "conf", "--by", "model", "--storage", spec["storage"], cwd=tmp_path).stdout
     assert row["verdict"] in shown
+    for arm, field in (("init-scale", "init_scale"), ("init-shape", "init_shape"), ("lr-shape", "lr_shape")):
+        c = by_arm[arm].to_numpy()
+        assert row["controls"][arm]["difference"] == pytest.approx(float(np.mean(c - b)))
+        gain = float(np.mean(a - b))
+        assert row[f"{field}_explained"] == (pytest.approx(float(np.mean(c - b)) / gain) if gain > 0 else None)
+    assert row["decomposition"] and row["decomposition"] in shown

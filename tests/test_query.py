@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from analysis.frames import ResultsError, load
-from analysis.query import best_alpha, confirmation, format_table
+from analysis.query import best_alpha, confirmation, decomposition_line, format_table
 from analysis.store import Store
 
 
@@ -242,13 +242,15 @@ def _confirm(store, values_by_arm, alpha=(1.2,), metric="test_acc"):
 def test_confirmation_compares_the_arms_seed_by_seed_on_the_test_metric(seeded_sweep):
     _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA, "baseline": CONFIRM_BASE, "init-scale": CONFIRM_CONTROL})
     c = confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)
+    assert list(c.controls) == ["init-scale"]
     assert c.metric == "test_acc" and c.alpha == [1.2] and c.seeds == list(CONFIRM_SEEDS)
     cmp = c.comparison
     assert cmp.difference == pytest.approx(np.mean(np.subtract(CONFIRM_ALPHA, CONFIRM_BASE)))
     assert cmp.p_value == pytest.approx(stats.ttest_rel(CONFIRM_ALPHA, CONFIRM_BASE).pvalue)
     assert cmp.verdict == "confirmed"
     gain = np.mean(np.subtract(CONFIRM_ALPHA, CONFIRM_BASE))
-    assert c.control.explained == pytest.approx(np.mean(np.subtract(CONFIRM_CONTROL, CONFIRM_BASE)) / gain)
+    assert c.controls["init-scale"].explained == pytest.approx(np.mean(np.subtract(CONFIRM_CONTROL, CONFIRM_BASE))
+                                                              / gain)
     (row,) = best_alpha(seeded_sweep, by="model").to_dict("records")
     assert row["verdict"] == "confirmed" and row["confirm_seeds"] == list(CONFIRM_SEEDS)
     assert row["confirm_difference"] == pytest.approx(cmp.difference) and row["confirm_p"] == cmp.p_value
@@ -295,9 +297,11 @@ def test_table_shows_alpha_as_two_decimals_or_a_pair(store):
 
 def test_model_table_shows_the_search_ci_and_the_verdict(seeded_sweep):
     _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA, "baseline": CONFIRM_BASE})
-    header, rule, row = format_table(best_alpha(seeded_sweep, by="model")).splitlines()
+    header, rule, row, blank, line = format_table(best_alpha(seeded_sweep, by="model")).splitlines()
     assert "95% CI (search)" in header and "verdict" in header and "p (paired t)" in header
     assert " 1.20 " in row and " confirmed " in row and "[+0.01, +0.02]" in row
+    assert "share" not in header  # no control ran
+    assert blank == "" and line.startswith("tiny_cnn 3×3: gain +0.0") and line.endswith(", confirmed")
 
 
 def test_json_and_csv_parse_back_to_the_same_values(accuracy_sweep):
@@ -329,3 +333,64 @@ def test_a_tie_goes_to_the_smaller_alpha_in_both_views(store):
         _trial(store, "acc", f"s{seed}/0.7", seed=seed, alpha=[0.7], val_acc=0.85)
     assert [r["best_alpha"] for r in best_alpha(store, by="cell").to_dict("records")] == [[0.7], [0.7]]
     assert best_alpha(store, by="model").loc[0, "best_alpha"] == [0.7]
+
+
+CONFIRM_SHAPE = (0.835, 0.855, 0.895, 0.845)
+CONFIRM_LR = (0.81, 0.845, 0.86, 0.835)
+
+
+def test_each_control_gets_its_paired_comparison_share_and_one_verdict_line(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA, "baseline": CONFIRM_BASE, "init-scale": CONFIRM_CONTROL,
+                            "init-shape": CONFIRM_SHAPE, "lr-shape": CONFIRM_LR})
+    c = confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)
+    assert list(c.controls) == ["init-scale", "init-shape", "lr-shape"]  # CONTROLS order, whatever the store's
+    gain = np.mean(np.subtract(CONFIRM_ALPHA, CONFIRM_BASE))
+    for arm, values in (("init-scale", CONFIRM_CONTROL), ("init-shape", CONFIRM_SHAPE), ("lr-shape", CONFIRM_LR)):
+        share = c.controls[arm]
+        assert share.explained == pytest.approx(np.mean(np.subtract(values, CONFIRM_BASE)) / gain)
+        assert share.versus_baseline.p_value == pytest.approx(stats.ttest_rel(values, CONFIRM_BASE).pvalue)
+    shares = {arm: f"{c.controls[arm].explained:.2f}" for arm in c.controls}
+    line = decomposition_line(c)
+    cmp = c.comparison
+    assert line.startswith(f"gain {cmp.improvement:+.3g} [{cmp.ci_low:+.3g}, {cmp.ci_high:+.3g}], confirmed; "
+                           f"init-scale reproduces {shares['init-scale']} of it (")
+    assert f", init-shape {shares['init-shape']} (" in line and f", lr-shape {shares['lr-shape']} (" in line
+    (row,) = best_alpha(seeded_sweep, by="model").to_dict("records")
+    assert row["decomposition"] == line and row["init_shape_explained"] == c.controls["init-shape"].explained
+    assert row["controls"]["lr-shape"]["p"] == c.controls["lr-shape"].versus_baseline.p_value
+    table = format_table(best_alpha(seeded_sweep, by="model"), "table")
+    assert "init-shape share" in table and f"{c.controls['init-shape'].explained:.2f}" in table
+    assert f"tiny_cnn 3×3: {line}" in table
+
+
+def test_a_confirmation_without_controls_reads_as_its_gain_alone_and_a_loss_gets_no_share(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_BASE, "baseline": CONFIRM_ALPHA, "init-shape": CONFIRM_SHAPE})
+    c = confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)
+    line = decomposition_line(c)
+    assert line.startswith(f"gain {c.comparison.improvement:+.3g} [") and ", worse; no gain for a control" in line
+    assert "init-shape: " in line and "reproduces" not in line
+    table = format_table(best_alpha(seeded_sweep, by="model"), "table")
+    assert "lr-shape share" not in table  # a control that did not run gets no column
+
+
+def test_decomposition_line_before_two_paired_seeds_is_none(seeded_sweep):
+    _confirm(seeded_sweep, {"alpha": CONFIRM_ALPHA[:1], "baseline": CONFIRM_BASE[:1]})
+    assert decomposition_line(confirmation(load(seeded_sweep), "acc", "tiny_cnn", 3)) is None
+    assert decomposition_line(None) is None
+
+
+def test_decomposition_line_in_min_mode_reads_improvements_and_their_ci_in_order():
+    import pandas as pd
+
+    from analysis.query import Confirmation
+    from analysis.stats import compare_paired, control_share
+
+    # NRMSE, lower is better: α lowers it by 0.025, init-shape by 0.035 / 3; share 0.0117 / 0.025 = 0.47
+    alpha, base, shape = [0.08, 0.085, 0.09], [0.10, 0.11, 0.12], [0.09, 0.095, 0.11]
+    cmp = compare_paired(alpha, base, "min")
+    c = Confirmation("s", "m", 3, [0.8], "test_nrmse", "min", pd.DataFrame(), 3, cmp,
+                     {"init-shape": control_share(alpha, base, shape, "min")})
+    line = decomposition_line(c)
+    low, high = -cmp.ci_high, -cmp.ci_low
+    assert low <= high and line.startswith(f"gain {cmp.improvement:+.3g} [{low:+.3g}, {high:+.3g}], ")
+    assert cmp.improvement > 0 and "init-shape reproduces 0.47 of it (+0.0117 against α = 1" in line

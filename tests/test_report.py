@@ -75,7 +75,7 @@ def test_report_writes_tables_figures_index_and_manifest(classification_report):
             assert (out / f"{name}{suffix}").stat().st_size > 0
     figures = {p.name for p in (out / "figures").iterdir()}
     assert figures == {"alpha_tiny_cnn_k3.png", "curves_tiny_cnn_k3.png", "asha_tiny_cnn_k3.png",
-                       "confusion_tiny_cnn_k3.png", "confirm_tiny_cnn_k3.png"}
+                       "confusion_tiny_cnn_k3.png", "confirm_tiny_cnn_k3.png", "arms_tiny_cnn_k3.png"}
     for png in (out / "figures").iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "wconv-report.json").read_text())
@@ -83,6 +83,9 @@ def test_report_writes_tables_figures_index_and_manifest(classification_report):
                                       if p.is_file() and p.name != "wconv-report.json"}
     html = (out / "index.html").read_text()
     assert all(f"figures/{f}" in html for f in figures) and "http" not in html.replace("http-equiv", "")
+    # one line per confirmed (model, kernel): the gain and what each control reproduces; when the identity holds
+    assert "Where the gain comes from" in html and "<b>tiny_cnn 3×3</b>: gain +" in html
+    assert "init-shape 0.83 (" in html and "Under SGD, init-shape and lr-shape together are the weighted" in html
 
 
 def test_table3_holds_the_databases_numbers(classification_report, confirmed_db):
@@ -115,7 +118,11 @@ def test_confirmation_statistics_equal_scipys(classification_report, confirmed_d
     assert float(row["p_value"]) == pytest.approx(stats.ttest_rel(a, b).pvalue)
     # 3 seeds: the 95 % percentile-bootstrap CI is [min d, max d] (hand-worked in tests/test_stats.py).
     assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx(((a - b).min(), (a - b).max()))
-    assert float(row["init_scale_explained"]) == pytest.approx((c - b).mean() / (a - b).mean())
+    for arm, field in (("init-scale", "init_scale"), ("init-shape", "init_shape"), ("lr-shape", "lr_shape")):
+        c = np.array(values[arm])
+        assert float(row[f"{field}_explained"]) == pytest.approx((c - b).mean() / (a - b).mean())
+        assert float(row[f"{field}_difference"]) == pytest.approx((c - b).mean())
+        assert float(row[f"{field}_p_value"]) == pytest.approx(stats.ttest_rel(c, b).pvalue)
     expected = "confirmed" if (a - b).min() > 0 and stats.ttest_rel(a, b).pvalue < 0.05 else "not confirmed"
     assert row["verdict"] == expected
     (_, weighted) = _csv(classification_report / "table3_classification.csv")
@@ -155,9 +162,13 @@ def test_table5_holds_the_databases_numbers_and_the_examples_render(denoising_re
 def test_best_by_model_shows_the_verdict(confirmed_db, capsys):
     db, _ = confirmed_db
     assert main(["best", "--by", "model", "--sweep", CLASSIFICATION, "--storage", f"sqlite:///{db}"]) == 0
-    header, _, row = capsys.readouterr().out.splitlines()
+    header, _, row, blank, line = capsys.readouterr().out.splitlines()
     verdict = _csv_row_verdict(db)
     assert "verdict" in header and f" {verdict} " in row
+    # the terminal table shows each control's share, and one line reads the decomposition
+    assert all(f"{arm} share" in header for arm in ("init-scale", "init-shape", "lr-shape"))
+    assert blank == "" and line.startswith("tiny_cnn 3×3: gain +") and f", {verdict}; init-scale reproduces " in line
+    assert ", init-shape 0.83 (" in line and ", lr-shape 0.17 (" in line  # sweep_db.CONFIRMATION, hand-worked
     assert main(["best", "--by", "model", "--sweep", DENOISING, "--storage", f"sqlite:///{db}"]) == 0
     assert " unconfirmed " in capsys.readouterr().out
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.stats import compare_paired, init_scale_share, verdict
+from analysis.stats import compare_paired, control_share, verdict
 
 
 def test_two_seeds_hand_worked():
@@ -91,18 +91,23 @@ def test_bad_inputs_are_refused(a, b, message):
         compare_paired([1.0, 2.0], [1.0, 2.0], "up")
 
 
-def test_init_scale_share_hand_worked():
-    # PSNR (max): α gains 2 dB on average, the control 1.5 dB: the initial scale explains 75 %.
-    alpha, baseline, control = [22.0, 23.0, 24.0], [20.0, 21.0, 22.0], [21.5, 22.5, 23.5]
-    share = init_scale_share(alpha, baseline, control, "max")
-    assert (share.gain, share.control_gain, share.explained) == pytest.approx((2.0, 1.5, 0.75))
-    assert share.beyond_scale.difference == pytest.approx(0.5)  # α against the control
+def test_control_share_hand_worked():
+    # PSNR (max): α gains 2 dB on average, the control 1.5 dB: the control reproduces 75 % of it.
+    alpha, baseline, control = [22.0, 23.0, 24.1], [20.0, 21.0, 22.0], [21.5, 22.4, 23.6]
+    share = control_share(alpha, baseline, control, "max")
+    assert (share.gain, share.control_gain, share.explained) == pytest.approx((2.0333, 1.5, 1.5 / 2.0333), rel=1e-4)
+    assert share.beyond.difference == pytest.approx(2.0333 - 1.5, rel=1e-4)  # α against the control
+    # the control against α = 1: its own paired comparison, as compare_paired gives it
+    assert share.versus_baseline == compare_paired(control, baseline, "max")
+    assert share.versus_baseline.difference == pytest.approx(1.5)
 
 
-def test_init_scale_share_in_min_mode_counts_a_drop_as_gain():
+def test_control_share_in_min_mode_counts_a_drop_as_gain():
     # NRMSE (min): α lowers it by 0.02, the control by 0.01.
-    share = init_scale_share([0.08, 0.09], [0.10, 0.11], [0.09, 0.10], "min")
+    share = control_share([0.08, 0.09], [0.10, 0.11], [0.09, 0.10], "min")
     assert (share.gain, share.control_gain, share.explained) == pytest.approx((0.02, 0.01, 0.5))
-    assert init_scale_share([1.0, 2.0], [1.0, 2.0], [1.5, 2.5], "max").explained is None  # no gain to explain
+    assert control_share([1.0, 2.0], [1.0, 2.0], [1.5, 2.5], "max").explained is None  # no gain to explain
+    # α lost: a share of a loss would read backwards (a control that also lost would "reproduce" it)
+    assert control_share([0.5, 1.5], [1.0, 2.0], [0.9, 1.9], "max").explained is None
     with pytest.raises(ValueError, match="one value per seed"):
-        init_scale_share([1.0, 2.0], [1.0, 2.0, 3.0], [1.0, 2.0], "max")
+        control_share([1.0, 2.0], [1.0, 2.0, 3.0], [1.0, 2.0], "max")

@@ -14,6 +14,7 @@ from wconv.conv import (
     fuse,
     param_groups,
     scale_init,
+    shape_init,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "fuse",
     "param_groups",
     "scale_init",
+    "shape_init",
 ]
 __version__ = "0.1.0"

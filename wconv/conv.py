@@ -374,6 +374,130 @@ def scale_init(model: nn.Module, alpha: Mapping[int, Coefficients] | float) -> n
     return model
 
 
+def _would_weight(model: nn.Module, by_size: Mapping[int, Coefficients]) -> list[nn.Module]:
+    """The torch convs ``convert(model, by_size)`` would weight, each once."""
+    out, seen = [], set()
+    for m in model.modules():
+        base = _torch_conv_of(m)
+        if (base is not None and id(m) not in seen and len(set(m.kernel_size)) == 1
+                and m.kernel_size[0] in by_size):
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+def weightable(model: nn.Module, kernel_size: int) -> int:
+    """How many convs ``convert(model, {kernel_size: α})`` would weight (0: α changes nothing in this model)."""
+    return len(_would_weight(model, {kernel_size: None}))
+
+
+def shape_init(model: nn.Module, alpha: Mapping[int, Coefficients] | float) -> nn.Module:
+    """Multiply, in place, the weights of every conv ``convert`` would weight by its α's density Φ, elementwise.
+
+    The density's shape at initialisation (V₀ = Φ ∘ W₀, what a weighted conv applies before its first step)
+    on a standard conv that then trains as usual: a control that tells how much of a weighted model's gain
+    comes from where Φ puts the initial weights (``scale_init`` keeps only their overall scale). Run it on
+    freshly initialised weights, before any training.
+    """
+    by_size = _as_mapping(alpha)
+    with torch.no_grad():
+        for m in _would_weight(model, by_size):
+            phi = density(m.kernel_size, by_size[m.kernel_size[0]], dtype=m.weight.dtype, device=m.weight.device)
+            m.weight.mul_(phi)
+    return model
+
+
+LR_SHAPE_OPTIMIZERS = ("sgd", "adam")
+"""The optimisers ``LRShape``'s derivation covers (Adam only without weight decay)."""
+
+
+def lr_shape_problem(optimizer: str, weight_decay: float, learnable_alpha: bool = False) -> Optional[str]:
+    """Why a per-position learning rate Φ cannot stand for a weighted conv under this optimiser, or None.
+
+    Covered: SGD (momentum, dampening, Nesterov, weight decay), exactly; Adam without weight decay, up to ε.
+    Not covered: Adam with weight decay (its L2 term λW = λV/Φ is not what torch adds, λV), learnable α (Φ
+    changes while training) and any other optimiser."""
+    if optimizer not in LR_SHAPE_OPTIMIZERS:
+        return (f"lr-shape: the derivation covers {' and '.join(LR_SHAPE_OPTIMIZERS)}, not optimizer "
+                f"{optimizer!r}")
+    if optimizer == "adam" and weight_decay:
+        return (f"lr-shape: under Adam the derivation holds without weight decay only (weight_decay is "
+                f"{weight_decay:g}); set training.weight_decay: 0 or use sgd")
+    if learnable_alpha:
+        return "lr-shape: the derivation needs a fixed Φ; training.learnable_alpha trains α"
+    return None
+
+
+class LRShape:
+    """A standard conv trained with the per-position learning rate of a weighted one: what a training step
+    (``wconv.train``) turns on for the lr-shape control, in place of ``optimizer.step()``.
+
+    Why it is the weighted conv's learning rate. A weighted conv applies V = Φ ∘ W and its gradient is
+    ∇W = Φ ∘ ∇V (∇V: the loss's gradient with respect to the kernel applied).
+
+    - SGD, momentum μ, dampening τ, weight decay λ, learning rate η (any schedule): on W,
+      g = ∇W + λW, b ← μb + (1 − τ)g, W ← W − η b (Nesterov: W ← W − η (g + μb)). Φ is fixed, so multiplying
+      every line by Φ gives, with b' = Φ ∘ b and g' = Φ ∘ g = Φ² ∘ ∇V + λV:
+      b' ← μb' + (1 − τ)g', V ← V − η b' (Nesterov: V ← V − η (g' + μb')). That is SGD on V whose *loss*
+      gradient is multiplied by Φ² and whose decay term is the usual λV: a standard conv starting at V₀ and
+      stepping with Φ² ∘ ∇V is the weighted conv, exactly (up to rounding). So ``step`` multiplies the
+      gradients by Φ² *before* ``optimizer.step()``, which then adds λV itself.
+    - Adam without weight decay (β₁, β₂, ε): on W, m ← β₁m + (1 − β₁)∇W, v ← β₂v + (1 − β₂)∇W²,
+      W ← W − η m̂ / (√v̂ + ε). With ∇W = Φ ∘ ∇V, Adam's m and √v on W are Φ ∘ (m, √v on V), so
+      V ← V − η Φ ∘ m̂_V / (√v̂_V + ε / Φ): Adam on V with its step multiplied by Φ, and ε replaced by ε/Φ.
+      ``step`` runs Adam on the unscaled gradient and multiplies its step by Φ: exact but for ε (ε/Φ
+      instead of ε, negligible unless √v̂ is as small as ε). With weight decay (L2 in the gradient,
+      ∇W + λW = Φ ∘ ∇V + λV/Φ) Adam's normalisation does not factor: not covered (``lr_shape_problem``).
+
+    With init ``shape_init`` (V₀ = Φ ∘ W₀), SGD and this, the standard conv *is* the weighted conv;
+    ``LRShape`` alone is the per-position learning rate without the density's initial shape. The convs are
+    those ``convert`` would weight; ``alpha=None`` holds none (``step`` is ``optimizer.step()``). The
+    product is one ``torch._foreach_mul_`` of the gradients (SGD), or three multi-tensor operators around
+    the step (Adam); Φ is broadcast to each weight's shape and strides once and kept.
+    """
+
+    def __init__(self, model: nn.Module, alpha: Optional[Mapping[int, Coefficients]], optimizer: str = "sgd"):
+        if optimizer not in LR_SHAPE_OPTIMIZERS:
+            raise ValueError(lr_shape_problem(optimizer, 0.0))
+        self.optimizer = optimizer
+        by_size = {} if alpha is None else _as_mapping(alpha)
+        convs = _would_weight(model, by_size)
+        power = 2 if optimizer == "sgd" else 1
+        self.weights = [m.weight for m in convs]
+        self._phis = [self._like(m.weight, density(m.kernel_size, by_size[m.kernel_size[0]], dtype=torch.float64)
+                                 ** power) for m in convs]
+
+    @staticmethod
+    def _like(weight: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.empty_like(weight).copy_(phi.to(weight.dtype).expand_as(weight))
+
+    def __bool__(self) -> bool:
+        return bool(self.weights)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()`` with the convs' per-position learning rate Φ² (SGD: on the loss gradient) or
+        Φ (Adam: on the step)."""
+        if not self.weights:
+            optimizer.step()
+            return
+        pairs = [(w, phi) for w, phi in zip(self.weights, self._phis) if w.grad is not None]
+        if self.optimizer == "sgd":
+            if pairs:
+                torch._foreach_mul_([w.grad for w, _ in pairs], [phi for _, phi in pairs])
+            optimizer.step()
+            return
+        with torch.no_grad():
+            ws = [w for w, _ in pairs]
+            before = torch._foreach_mul(ws, 1.0) if ws else []  # copies
+            optimizer.step()
+            if ws:
+                steps = torch._foreach_sub(ws, before)
+                torch._foreach_mul_(steps, [phi for _, phi in pairs])
+                torch._foreach_add_(before, steps)
+                torch._foreach_copy_(ws, before)
+
+
 def fuse(model: nn.Module) -> nn.Module:
     """Replace every weighted conv by a plain torch conv with weight ``weight ∘ Φ``: same outputs, no overhead."""
 

@@ -111,6 +111,9 @@ def check_group(members: Sequence[TrialConfig]) -> None:
         if replace(m, alpha=None, baseline=False) != first:
             raise ValueError(f"member {i}: a fused group's members may differ only in alpha and baseline "
                              f"(model, dataset, kernel size, seed, training and options must be equal)")
+    if members[0].lr_shape is not None:
+        raise ValueError("lr_shape: a fused group steps its members with one optimiser; run an lr-shape trial alone "
+                         "with run_trial")
     alphas = [m.alpha for m in members]
     if len(set(alphas)) != len(alphas):
         raise ValueError(f"a fused group's members need distinct alpha, got {alphas}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from wconv.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, trial_checkpoint
-from wconv.conv import DensityStep, convert, param_groups, scale_init
+from wconv.conv import DensityStep, LRShape, convert, lr_shape_problem, param_groups, scale_init, shape_init
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
 # The result protocol and the bookkeeping that decides it live in wconv.result; launch/, analysis/ and the tests
 # import the protocol from here, as they always have.
@@ -180,14 +180,27 @@ class TrialConfig:
     """An α whose density *scale* (√mean(Φ²), ``wconv.scale_init``) multiplies the initial weights of the convs
     it would weight: with ``alpha=None``, a confirmation's control arm (the scale at initialisation without
     the density's shape)."""
+    init_shape: Optional[tuple[float, ...]] = None
+    """An α whose density Φ multiplies, elementwise, the initial weights of the convs it would weight
+    (``wconv.shape_init``): with ``alpha=None``, the init-shape control (Φ's shape at initialisation only)."""
+    lr_shape: Optional[tuple[float, ...]] = None
+    """An α whose density sets the per-position learning rate of the convs it would weight (``wconv.LRShape``:
+    Φ² on the SGD gradient, Φ on the Adam step): with ``alpha=None``, the lr-shape control. With
+    ``init_shape`` the same α, under SGD, the trial *is* the weighted trial of that α."""
+
+    def __post_init__(self) -> None:
+        problem = self.lr_shape and lr_shape_problem(self.training.optimizer, self.training.weight_decay,
+                                                     self.training.learnable_alpha)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
         """Inverse of ``dataclasses.asdict`` (what a checkpoint stores)."""
         training = dict(d["training"], betas=tuple(d["training"]["betas"]))
-        alpha = None if d.get("alpha") is None else tuple(d["alpha"])
-        scale = None if d.get("init_scale") is None else tuple(d["init_scale"])
-        return cls(**dict(d, training=TrainingConfig(**training), alpha=alpha, init_scale=scale))
+        alphas = {k: None if d.get(k) is None else tuple(d[k]) for k in ("alpha", "init_scale", "init_shape",
+                                                                          "lr_shape")}
+        return cls(**dict(d, training=TrainingConfig(**training), **alphas))
 
 
 CHECKPOINT = "trial.pt"
@@ -329,6 +342,8 @@ def build_model(config: TrialConfig, td, device: torch.device | str = "cpu") -> 
         convert(model, {config.kernel_size: config.alpha}, learnable=True)
     if config.init_scale is not None:
         scale_init(model, {config.kernel_size: config.init_scale})
+    if config.init_shape is not None:
+        shape_init(model, {config.kernel_size: config.init_shape})
     model.to(device)
     if device.type == "cuda" and tc.channels_last:
         _channels_last(model)
@@ -376,6 +391,9 @@ class Trial:
         self.density = DensityStep(self.setup.model)
         """Φ once per step for the whole model (``wconv.conv``): ``forward(density.weights(), x)``."""
         self.forward = compile_for(self.density.forward, self.training)
+        self.lr_shape = LRShape(self.setup.model, None if config.lr_shape is None else
+                                {config.kernel_size: config.lr_shape}, self.training.optimizer)
+        """The lr-shape control's per-position learning rate; a plain ``optimizer.step()`` otherwise."""
 
     def autocast(self):
         return autocast_for(self.device, self.training)
@@ -412,7 +430,7 @@ class Trial:
                     loss = self.task.loss_of(self.forward(self.density.weights(), x), y)
                 s.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                s.optimizer.step()
+                self.lr_shape.step(s.optimizer)
                 total += loss.detach() * len(x)  # summed on the device: no host sync per step
                 n += len(x)
         s.scheduler.step()
