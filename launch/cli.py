@@ -174,10 +174,11 @@ def _cmd_status(args) -> None:
     """A submitted sweep: its array tasks' SLURM states and its cells; a sweep run locally: its cells."""
     from analysis.query import format_progress, progress
     from analysis.store import Store, masked_url
+    from launch.jobs import jobs
 
     with Store(args.storage, create=False) as store:
         name = _known_sweep(store, args.sweep)
-        if not store.jobs(name).empty:
+        if not jobs(store, name).empty:
             from launch.slurm import sweep_status
 
             sweep_status(store, name)

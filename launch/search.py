@@ -5,7 +5,7 @@ in a persistent Optuna storage (a journal file beside the runs, or the sweep's P
 that ``optuna-dashboard`` opens it and several workers of one cell share it.
 
 - **Claims.** ``CellSearch.suggest`` decides what a free slot runs inside one locked store
-  transaction (``Store.locked``): first an unfinished trial whose runner is gone (it continues from its
+  transaction (``launch/claims.py``): first an unfinished trial whose runner is gone (it continues from its
   checkpoint), then the α = 1 baseline if the cell has none, then a new α from the study — never an α
   the cell already has (a duplicate proposal is told to Optuna as FAIL and asked again), and never
   beyond ``num_samples + 1`` trials. So a resumed or shared cell cannot lose or repeat a trial,
@@ -32,6 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from analysis.store import TERMINAL, Store
+from launch.claims import LockedSweep, claim
 from launch.cell import (alpha_names, baseline_alpha, is_baseline, record_fields, trial_id,
                          trials_per_cell)
 from launch.lease import Holder, gone
@@ -165,7 +166,8 @@ class CellSearch(Searcher):
     def claim(self) -> Optional[tuple[float, ...]]:
         """What the next free slot runs, or None when the cell needs nothing more from this worker."""
         cell, owner = self.cell, self.holder.owner
-        with self.store.locked(self.sweep.name) as tx:
+
+        def decide(tx: LockedSweep) -> Optional[tuple[float, ...]]:
             rows = [r for r in tx.trials(cell.id) if (r.get("stage") or "search") == self.stage]
             live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
             mine = set(self.running.values())
@@ -184,6 +186,8 @@ class CellSearch(Searcher):
             tx.record_trial(trial_id(cell, alpha), owner=owner, status="running", stage=self.stage,
                             **record_fields(cell, alpha))
             return alpha
+
+        return claim(self.store, self.sweep.name, decide)
 
     def ask(self, keys: set[str]) -> tuple[float, ...]:
         """A new α from the study; one the cell already has is told as FAIL and never run."""
@@ -311,7 +315,8 @@ class PlannedSearch(CellSearch):
 
     def claim_arm(self) -> Optional[str]:
         cell, owner = self.cell, self.holder.owner
-        with self.store.locked(self.sweep.name) as tx:
+
+        def decide(tx: LockedSweep) -> Optional[str]:
             rows = {r["trial_id"]: r for r in tx.trials(cell.id) if r.get("stage") == self.stage}
             live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
             mine = set(self.running.values())
@@ -325,7 +330,9 @@ class PlannedSearch(CellSearch):
                 if row["status"] not in TERMINAL and tid not in mine and row.get("owner") not in live:
                     tx.hand_over_trial(tid, owner)
                     return planned["arm"]
-        return None
+            return None
+
+        return claim(self.store, self.sweep.name, decide)
 
     def on_trial_result(self, tune_trial_id: str, result: dict) -> None:
         """Nothing to tell: no study."""
