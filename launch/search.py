@@ -31,12 +31,13 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from analysis.store import TERMINAL, Store
+from analysis.store import Store
 from launch.claims import LockedSweep, claim
 from launch.cell import (alpha_names, baseline_alpha, is_baseline, record_fields, trial_id,
                          trials_per_cell)
 from launch.lease import Holder, gone
 from launch.spec import Cell, Sweep
+from wconv.status import TERMINAL, Stage, TrialStatus
 from wconv.train import BASELINE, FINAL, FINISHED, REPLAY, STATUS, EPOCH
 
 
@@ -96,10 +97,10 @@ def open_study(sweep: Sweep, cell: Cell, storage):
 def outcome(result: Optional[dict], error: bool) -> str:
     """completed | stopped | failed, from a trial's last report (None: it never reported)."""
     if error or result is None:
-        return "failed"
+        return TrialStatus.FAILED
     if not result.get(FINISHED):
-        return "stopped"  # the scheduler ended it
-    return result.get(STATUS, "failed")
+        return TrialStatus.STOPPED  # the scheduler ended it
+    return result.get(STATUS, TrialStatus.FAILED)
 
 
 class CellSearch(Searcher):
@@ -108,7 +109,7 @@ class CellSearch(Searcher):
     ``stage`` separates a sweep's search from its confirmation runs, which reuse the machinery.
     """
 
-    def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, *, stage: str = "search"):
+    def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, *, stage: str = Stage.SEARCH):
         super().__init__(metric=sweep.metric, mode=sweep.mode)
         self.sweep, self.cell, self.holder, self.stage, self.runs_dir = sweep, cell, holder, stage, Path(runs_dir)
         self._open()
@@ -168,7 +169,7 @@ class CellSearch(Searcher):
         cell, owner = self.cell, self.holder.owner
 
         def decide(tx: LockedSweep) -> Optional[tuple[float, ...]]:
-            rows = [r for r in tx.trials(cell.id) if (r.get("stage") or "search") == self.stage]
+            rows = [r for r in tx.trials(cell.id) if (r.get("stage") or Stage.SEARCH) == self.stage]
             live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
             mine = set(self.running.values())
             orphans = [r for r in rows if r["status"] not in TERMINAL and r["trial_id"] not in mine
@@ -183,7 +184,7 @@ class CellSearch(Searcher):
             alpha = baseline_alpha(cell)
             if trial_id(cell, alpha) in keys:
                 alpha = self.ask(keys)
-            tx.record_trial(trial_id(cell, alpha), owner=owner, status="running", stage=self.stage,
+            tx.record_trial(trial_id(cell, alpha), owner=owner, status=TrialStatus.RUNNING, stage=self.stage,
                             **record_fields(cell, alpha))
             return alpha
 
@@ -214,7 +215,7 @@ class CellSearch(Searcher):
         return None
 
     def tell(self, tid: str, alpha, status: str, value: Optional[float]) -> None:
-        state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        state = {TrialStatus.COMPLETED: TrialState.COMPLETE, TrialStatus.STOPPED: TrialState.PRUNED}.get(status, TrialState.FAIL)
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
         trial = self.study_trial(tid)
@@ -288,7 +289,7 @@ class PlannedSearch(CellSearch):
     init-scale control) on one fresh seed. Same claims, same store, nothing told to Optuna."""
 
     def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, plan: list[dict], *,
-                 stage: str = "confirm"):
+                 stage: str = Stage.CONFIRM):
         self.plan = plan  # [{"arm": ..., "alpha": (...), "init_scale": (...) | None}]
         super().__init__(sweep, cell, runs_dir, holder, stage=stage)
 
@@ -324,7 +325,7 @@ class PlannedSearch(CellSearch):
                 tid = trial_id(cell, planned["alpha"], planned["arm"])
                 row = rows.get(tid)
                 if row is None:
-                    tx.record_trial(tid, owner=owner, status="running", stage=self.stage,
+                    tx.record_trial(tid, owner=owner, status=TrialStatus.RUNNING, stage=self.stage,
                                     **record_fields(cell, planned["alpha"], planned["arm"]))
                     return planned["arm"]
                 if row["status"] not in TERMINAL and tid not in mine and row.get("owner") not in live:

@@ -17,6 +17,11 @@ class TrialStatus(StrEnum):
     FAILED = "failed"
 
 
+COMPLETED, STOPPED, FAILED = TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.FAILED
+"""How a trial ends, by name, as the trainable reports it (``wconv/train.py``). A member of a fused group is
+stopped by its caller (a scheduler); a single trial stopped by a scheduler is ended from outside and never reports
+it."""
+
 TERMINAL = (TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.FAILED)
 """The statuses a trial ends in; a trial in one is never run again unless reopened."""
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 from wconv.checkpoint import load_checkpoint
 from wconv.conv import convert, param_groups, scale_init
 from wconv.metrics import TASK_METRICS, VALIDATION_METRICS, MetricName
+from wconv.status import COMPLETED, FAILED, STOPPED
 
 
 # ---------------------------------------------------------------- the result protocol
@@ -54,11 +55,6 @@ MEMBER = "member"
 ALPHA = "alpha"
 """Fused groups: the member's α (a list; None for the baseline), in each of its reports."""
 
-COMPLETED = "completed"
-FAILED = "failed"
-STOPPED = "stopped"
-"""A member of a fused group stopped by its caller (a scheduler); a single trial stopped by a scheduler is
-ended from outside and never reports it."""
 TrialStatus = Literal["completed", "failed", "stopped"]
 
 

@@ -189,6 +189,8 @@ def coerce(column: Column, value: Any) -> Any:
     """Plain Python values for the driver (psycopg does not adapt numpy scalars)."""
     if value is None:
         return None
+    if isinstance(value, str):
+        return str(value)  # a StrEnum member (``TrialStatus``) as its plain word: psycopg writes an Enum's name
     if column.name in JSON_COLUMNS:
         return dumps(value)
     if isinstance(column.type, Boolean):
