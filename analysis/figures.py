@@ -28,6 +28,7 @@ from analysis.frames import Frames
 from analysis.arms import CONTROLS, Arm
 from analysis.query import decomposition_line, format_alpha, search_trials
 from analysis.tables import Pair, format_metric, pairs
+from wconv.status import TrialStatus
 
 BASELINE_COLOR = "#222222"
 BEST_COLOR = "#e66101"
@@ -35,7 +36,8 @@ TRIAL_COLOR = "#3b75af"
 STOPPED_COLOR = "#9a9a9a"
 FAILED_COLOR = "#c0392b"
 CONTROL_COLOR = "#5e3c99"
-STATUS_COLORS = {"completed": TRIAL_COLOR, "stopped": STOPPED_COLOR, "failed": FAILED_COLOR, "running": "#f1c40f"}
+STATUS_COLORS = {TrialStatus.COMPLETED: TRIAL_COLOR, TrialStatus.STOPPED: STOPPED_COLOR, TrialStatus.FAILED: FAILED_COLOR,
+                 TrialStatus.RUNNING: "#f1c40f"}
 SEED_COLORS = ("#3b75af", "#519e3e", "#8d69b8", "#c49c94", "#17becf", "#bcbd22")
 DPI = 120
 
@@ -168,8 +170,8 @@ def draw_alpha_line(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
     is_baseline = trials["baseline"].fillna(False).astype(bool)
     for seed, color in colors.items():
         mine = trials["seed"] == seed
-        done = mine & ~is_baseline & (trials["status"] == "completed")
-        stopped = mine & ~is_baseline & (trials["status"] == "stopped")
+        done = mine & ~is_baseline & (trials["status"] == TrialStatus.COMPLETED)
+        stopped = mine & ~is_baseline & (trials["status"] == TrialStatus.STOPPED)
         ax.scatter(trials.loc[done, "alpha_1"], values[done], s=46, color=color, zorder=3, edgecolor="white",
                    linewidth=0.6)
         ax.scatter(trials.loc[stopped, "alpha_1"], values[stopped], s=46, facecolor="none", edgecolor=color,
@@ -178,13 +180,13 @@ def draw_alpha_line(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
             if pd.notna(values[row.name]) and pd.notna(row["epochs_run"]):
                 ax.annotate(f"epoch {int(row['epochs_run'])}", (row["alpha_1"], values[row.name]), xytext=(6, -3),
                             textcoords="offset points", fontsize=7, color="#666666")
-        base = trials[mine & is_baseline & (trials["status"] == "completed")]
+        base = trials[mine & is_baseline & (trials["status"] == TrialStatus.COMPLETED)]
         for _, row in base.iterrows():
             ax.axhline(values[row.name], color=BASELINE_COLOR if len(colors) == 1 else color, linestyle="--",
                        linewidth=1, zorder=1)
             ax.scatter([1.0], [values[row.name]], marker="*", s=220, color=BASELINE_COLOR, zorder=4,
                        edgecolor="white", linewidth=0.6)
-    failed = trials[trials["status"] == "failed"]
+    failed = trials[trials["status"] == TrialStatus.FAILED]
     if not failed.empty:
         ax.scatter(failed["alpha_1"], np.full(len(failed), 0.03), marker="x", color=FAILED_COLOR, s=50, zorder=4,
                    transform=blended_transform_factory(ax.transData, ax.transAxes), clip_on=False)
@@ -264,16 +266,16 @@ def draw_alpha_map(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
             ax.add_patch(_rectangle(x0, y0, x1, y1))
             ax.set_xlim(min(x0, 1) - 0.05 * (x1 - x0), max(x1, 1) + 0.05 * (x1 - x0))
             ax.set_ylim(min(y0, 1) - 0.05 * (y1 - y0), max(y1, 1) + 0.05 * (y1 - y0))
-        done = mine[~is_baseline & (mine["status"] == "completed")]
-        stopped = mine[~is_baseline & (mine["status"] == "stopped")]
+        done = mine[~is_baseline & (mine["status"] == TrialStatus.COMPLETED)]
+        stopped = mine[~is_baseline & (mine["status"] == TrialStatus.STOPPED)]
         scatter = ax.scatter(done["alpha_1"], done["alpha_2"], c=done["value"], cmap=cmap, vmin=vmin, vmax=vmax,
                              s=170, marker="s", edgecolor="white", linewidth=0.8, zorder=3)
         ax.scatter(stopped["alpha_1"], stopped["alpha_2"], c=stopped["value"], cmap=cmap, vmin=vmin, vmax=vmax,
                    s=60, edgecolor=STOPPED_COLOR, linewidth=1.2, zorder=3)
-        base = mine[is_baseline & (mine["status"] == "completed")]
+        base = mine[is_baseline & (mine["status"] == TrialStatus.COMPLETED)]
         ax.scatter(base["alpha_1"], base["alpha_2"], c=base["value"], cmap=cmap, vmin=vmin, vmax=vmax,
                    marker="*", s=380, edgecolor=BASELINE_COLOR, linewidth=1.0, zorder=4)
-        failed = mine[mine["status"] == "failed"]
+        failed = mine[mine["status"] == TrialStatus.FAILED]
         ax.scatter(failed["alpha_1"], failed["alpha_2"], marker="x", color=FAILED_COLOR, s=60, zorder=4)
         for _, row in pd.concat([done, base]).iterrows():
             ax.annotate(f"{row['value']:.4g}", (row["alpha_1"], row["alpha_2"]), xytext=(9, 7),
@@ -318,9 +320,9 @@ def draw_alpha_panels(trials: pd.DataFrame, pair: Pair, sweep: dict, n: int) -> 
     chosen = set(pair.choice.trials) if pair.choice else set()
     for row, seed in enumerate(seeds):
         mine = trials["seed"] == seed
-        done = mine & ~is_baseline & (trials["status"] == "completed")
-        stopped = mine & ~is_baseline & (trials["status"] == "stopped")
-        base = mine & is_baseline & (trials["status"] == "completed")
+        done = mine & ~is_baseline & (trials["status"] == TrialStatus.COMPLETED)
+        stopped = mine & ~is_baseline & (trials["status"] == TrialStatus.STOPPED)
+        base = mine & is_baseline & (trials["status"] == TrialStatus.COMPLETED)
         best = mine & trials["trial_id"].isin(chosen)
         for j, name in enumerate(coefficient.columns):
             ax = axes[row, j]
@@ -373,7 +375,7 @@ def draw_curves(trials: pd.DataFrame, pair: Pair, frames: Frames, sweep: dict) -
             style = dict(color=BASELINE_COLOR, linewidth=2.2, zorder=4)
         elif t.trial_id in chosen:
             style = dict(color=BEST_COLOR, linewidth=2.2, zorder=5)
-        elif t.status == "completed":
+        elif t.status == TrialStatus.COMPLETED:
             style = dict(color=TRIAL_COLOR, linewidth=1.0, alpha=0.7, zorder=3)
         else:
             style = dict(color=STOPPED_COLOR, linewidth=1.0, alpha=0.8, zorder=2)
@@ -382,9 +384,9 @@ def draw_curves(trials: pd.DataFrame, pair: Pair, frames: Frames, sweep: dict) -
                 continue
             y = pd.to_numeric(mine[column], errors="coerce")
             ax.plot(mine["epoch"], y, **style)
-            if t.status in ("stopped", "failed") and y.notna().any():
+            if t.status in (TrialStatus.STOPPED, TrialStatus.FAILED) and y.notna().any():
                 ax.scatter(mine["epoch"].iloc[-1], y.iloc[-1], marker="x", s=30,
-                           color=FAILED_COLOR if t.status == "failed" else STOPPED_COLOR, zorder=6)
+                           color=FAILED_COLOR if t.status == TrialStatus.FAILED else STOPPED_COLOR, zorder=6)
     left.set_ylabel(metric)
     right.set_ylabel("training loss")
     loss = pd.to_numeric(epochs.get("train_loss", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -410,7 +412,7 @@ def draw_asha(trials: pd.DataFrame, pair: Pair, sweep: dict) -> Figure:
     trials = trials.assign(value=values)
     seeds = sorted(int(s) for s in trials["seed"].dropna().unique())
     budget = ((sweep.get("spec") or {}).get("training") or {}).get("epochs")
-    rungs = sorted({int(e) for e in trials.loc[trials["status"] == "stopped", "epochs_run"].dropna()})
+    rungs = sorted({int(e) for e in trials.loc[trials["status"] == TrialStatus.STOPPED, "epochs_run"].dropna()})
     n = max(len(trials[trials["seed"] == s]) for s in seeds)
     rows = -(-len(seeds) // 2)
     fig = Figure(figsize=(7.5 * min(len(seeds), 2), max(2.8, 1.4 + 0.34 * n) * rows), layout="constrained")

@@ -15,6 +15,7 @@ from typing import Iterable
 
 import pandas as pd
 from analysis.store import DEFAULT_URL, Store, masked_url
+from wconv.status import Stage
 
 
 class ResultsError(Exception):
@@ -93,8 +94,8 @@ def _with_stage(trials: pd.DataFrame) -> pd.DataFrame:
     """A database from before confirmation runs has search trials only."""
     trials = trials.copy()
     if "stage" not in trials.columns:
-        trials["stage"] = "search"
-    trials["stage"] = trials["stage"].fillna("search")
+        trials["stage"] = Stage.SEARCH.value
+    trials["stage"] = trials["stage"].fillna(Stage.SEARCH.value)
     for column in ("arm", "checkpoint"):
         if column not in trials.columns:
             trials[column] = None

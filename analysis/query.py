@@ -32,9 +32,10 @@ import pandas as pd
 from analysis.frames import Frames, load
 from analysis.arms import CONTROLS, FIELDS, Arm
 from analysis.stats import UNCONFIRMED, ControlShare, PairedComparison, compare_paired, control_share
-from analysis.store import TERMINAL, Store
+from analysis.store import Store
+from wconv.status import TERMINAL, Stage, TrialStatus
 
-SEARCH, CONFIRM = "search", "confirm"
+SEARCH, CONFIRM = Stage.SEARCH, Stage.CONFIRM
 
 CELL_COLUMNS = [
     "sweep", "cell", "model", "kernel_size", "seed", "metric", "mode",
@@ -133,7 +134,7 @@ def _by_cell(frames: Frames) -> list[dict]:
     for (sweep, cell), group in trials.groupby(["sweep", "cell"], sort=False):
         metric, mode = _sweep_settings(frames, sweep)
         values = trial_values(group, metric)
-        finished = (group["status"] == "completed") & values.notna()
+        finished = (group["status"] == TrialStatus.COMPLETED) & values.notna()
         is_baseline = group["baseline"].fillna(False).astype(bool)
 
         choice = choose_alpha(group, metric, mode)
@@ -158,8 +159,8 @@ def _by_cell(frames: Frames) -> list[dict]:
             other_metrics=None if best is None else _scalar_metrics(frames, best, exclude=metric),
             baseline_value=baseline_value, difference=difference, improvement=improvement,
             n_trials=len(group),
-            n_completed=int((status == "completed").sum()), n_stopped=int((status == "stopped").sum()),
-            n_failed=int((status == "failed").sum()), n_running=int((status == "running").sum()),
+            n_completed=int((status == TrialStatus.COMPLETED).sum()), n_stopped=int((status == TrialStatus.STOPPED).sum()),
+            n_failed=int((status == TrialStatus.FAILED).sum()), n_running=int((status == TrialStatus.RUNNING).sum()),
             verdict=UNCONFIRMED if confirm is None else confirm.verdict,
             beats_baseline=None if choice is None else choice.beats_baseline, note=_note(group, choice),
         ))  # fmt: skip
@@ -184,7 +185,7 @@ def progress(source: Store | Frames | str, sweep: str) -> pd.DataFrame:
         rows.append(dict(
             cell=cell, done=int(group["status"].isin(TERMINAL).sum()),
             total=int(samples) + 1 if samples is not None else None,  # the sampled α and α = 1
-            running=int((group["status"] == "running").sum()), metric=metric,
+            running=int((group["status"] == TrialStatus.RUNNING).sum()), metric=metric,
             best_alpha=None if choice is None else choice.alpha,
             best_value=None if choice is None else float(np.mean(choice.values)),
             baseline_value=None if choice is None or choice.baselines is None else float(np.mean(choice.baselines)),
@@ -217,7 +218,7 @@ def _note(group: pd.DataFrame, choice: AlphaChoice | None) -> str | None:
     counts = ", ".join(f"{n} {s}" for s, n in status.value_counts().sort_index().items())
     if not status.isin(TERMINAL).any():
         return f"no finished trial yet ({counts})"
-    if not (status == "completed").any():
+    if not (status == TrialStatus.COMPLETED).any():
         return f"no completed trial yet ({counts})"
     return "no completed trial besides α = 1 yet"
 
@@ -268,7 +269,7 @@ def choose_alpha(group: pd.DataFrame, metric: str | None, mode: str | None) -> A
         return None
     sign = 1.0 if mode == "max" else -1.0
     values = trial_values(group, metric)
-    finished = (group["status"] == "completed") & values.notna()
+    finished = (group["status"] == TrialStatus.COMPLETED) & values.notna()
     # assign before selecting: assigning a Series to an empty selection would bring back its every row
     done = group.assign(value=values)[finished].sort_values("updated_at")
     is_baseline = done["baseline"].fillna(False).astype(bool)
@@ -406,7 +407,7 @@ def confirmation(frames: Frames, sweep: str, model: str, kernel: int) -> Confirm
     mine = mine[mine["seed"].isin(seeds)]
     metric = confirm_metric(metric, list(trials.columns))
     values = trial_values(mine, metric)
-    done = mine.assign(value=values)[(mine["status"] == "completed") & values.notna()].sort_values("updated_at")
+    done = mine.assign(value=values)[(mine["status"] == TrialStatus.COMPLETED) & values.notna()].sort_values("updated_at")
     arms = [Arm.ALPHA, Arm.BASELINE] + [c for c in CONTROLS if (mine["arm"] == c).any()]
     table = pd.DataFrame(np.nan, index=pd.Index(sorted(int(s) for s in seeds), name="seed"), columns=arms)
     for (seed, arm), value in done.groupby(["seed", "arm"])["value"].last().items():

@@ -21,7 +21,8 @@ from typing import TextIO
 
 from analysis.frames import Frames, ResultsError, load
 from analysis.query import best_alpha, compact_view, format_table, search_trials
-from analysis.store import TERMINAL, Store, masked_url
+from analysis.store import Store, masked_url
+from wconv.status import TERMINAL
 
 MANIFEST = "wconv-report.json"
 GENERATOR = "wconv report"

@@ -20,6 +20,7 @@ from analysis.query import (AlphaChoice, Confirmation, choose_alpha, confirmatio
                             search_trials)
 from analysis.stats import UNCONFIRMED
 from wconv.metrics import METRIC_MODES, TASK_METRICS
+from wconv.status import TrialStatus
 
 # How the paper prints each test metric: Table 3 accuracy in %, the rest with 2 or 3 decimals.
 _METRIC_HEADERS = {"accuracy": "Accuracy", "f1": "F1-score", "nrmse": "NRMSE", "psnr": "PSNR", "ssim": "SSIM",
@@ -123,7 +124,7 @@ def pairs(frames: Frames, sweep: dict) -> list[Pair]:
         if choice is not None and choice.baseline_trials:
             baseline_trials = choice.baseline_trials
         else:  # no chosen α, or no baseline on its seeds: every finished baseline of the group
-            done = group[group["baseline"].fillna(False).astype(bool) & (group["status"] == "completed")]
+            done = group[group["baseline"].fillna(False).astype(bool) & (group["status"] == TrialStatus.COMPLETED)]
             baseline_trials = list(done["trial_id"])
         out.append(Pair(model, int(kernel), choice, baseline_trials,
                         confirmation(frames, sweep["name"], model, int(kernel))))

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from launch.spec import Cell, Sweep, detach_password
+from wconv.status import Stage
+
+DEFAULT_RUNS_DIR = Path("results/runs")
+"""Where a sweep's runs go (Ray Tune experiments, checkpoints, Optuna journal, SLURM logs) unless told."""
 
 BASELINE_ALPHA = 1.0
 
@@ -197,7 +201,7 @@ def _absolute_sqlite(url: str) -> str:
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
 
 
-def cell_finished(store, sweep: Sweep, cell: Cell, *, stage: str = "search") -> bool:
+def cell_finished(store, sweep: Sweep, cell: Cell, *, stage: str = Stage.SEARCH) -> bool:
     """A cell is finished when the store holds ``num_samples + 1`` terminal trials of it."""
     return store.terminal_counts(sweep.name, stage=stage).get(cell.id, 0) >= trials_per_cell(sweep)
 

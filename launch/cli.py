@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_STORAGE = "sqlite:///results/wconv.db"
 USER_ERROR = 2
 
 
@@ -197,10 +196,11 @@ def _cmd_status(args) -> None:
     """A submitted sweep: its array tasks' SLURM states and its cells; a sweep run locally: its cells."""
     from analysis.query import format_progress, progress
     from analysis.store import Store, masked_url
+    from launch.jobs import jobs
 
     with Store(args.storage, create=False) as store:
         name = _known_sweep(store, args.sweep)
-        if not store.jobs(name).empty:
+        if not jobs(store, name).empty:
             from launch.slurm import sweep_status
 
             sweep_status(store, name)
@@ -274,9 +274,19 @@ _storage.__name__ = "results store"
 STORAGE_HELP = "results database: a SQLite file's path, or a URL such as postgresql+psycopg://user@host/db"
 
 
-def _add_storage(p: argparse.ArgumentParser, default: str | None = DEFAULT_STORAGE) -> None:
-    shown = f" (default {default})" if default else " (default: the sweep's storage)"
-    p.add_argument("--storage", type=_storage, default=default, help=STORAGE_HELP + shown)
+def _add_storage(p: argparse.ArgumentParser, *, sweeps_own: bool = False) -> None:
+    """``--storage``: the results store (``analysis.store.DEFAULT_URL`` unless given); ``sweeps_own``: unless
+    given, the sweep's own ``storage``."""
+    from analysis.store import DEFAULT_URL
+
+    shown = " (default: the sweep's storage)" if sweeps_own else f" (default {DEFAULT_URL})"
+    p.add_argument("--storage", type=_storage, default=None if sweeps_own else DEFAULT_URL, help=STORAGE_HELP + shown)
+
+
+def _add_runs_dir(p: argparse.ArgumentParser, help: str) -> None:
+    from launch.cell import DEFAULT_RUNS_DIR
+
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, type=Path, help=help)
 
 
 def _add_sweep(p: argparse.ArgumentParser, what: str = "sweep YAML file") -> None:
@@ -292,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run (or resume) a sweep on a Ray local cluster")
     _add_sweep(p)
-    p.add_argument("--runs-dir", default="results/runs", type=Path, help="Ray Tune experiments and checkpoints")
-    _add_storage(p, None)
+    _add_runs_dir(p, "Ray Tune experiments and checkpoints")
+    _add_storage(p, sweeps_own=True)
     p.add_argument("--num-cpus", type=_at_least(1), help="CPUs of the local Ray cluster (default: all)")
     p.set_defaults(func=_cmd_run)
 
@@ -332,9 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_at_least(1), help="array tasks per cell sharing its study (default: the "
                                                         "sweep's workers)")
     p.add_argument("--account", help="SLURM account to charge (default: the profile's, or its environment variable)")
-    p.add_argument("--runs-dir", default="results/runs", type=Path,
-                   help="checkpoints, Optuna journal and SLURM logs; must be on the shared filesystem")
-    _add_storage(p, None)
+    _add_runs_dir(p, "checkpoints, Optuna journal and SLURM logs; must be on the shared filesystem")
+    _add_storage(p, sweeps_own=True)
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script, the task → cell map and the "
                                                           "budget; submit and write nothing")
     p.set_defaults(func=_cmd_submit)
@@ -349,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(× Φ), lr-shape (per-position learning rate Φ² under SGD, Φ under Adam)")
     p.add_argument("--cluster", metavar="PROFILE", help="run through SLURM with this cluster profile")
     p.add_argument("--account", help="SLURM account to charge (with --cluster)")
-    p.add_argument("--runs-dir", default="results/runs", type=Path, help="checkpoints of the confirmation trials")
-    _add_storage(p, None)
+    _add_runs_dir(p, "checkpoints of the confirmation trials")
+    _add_storage(p, sweeps_own=True)
     p.set_defaults(func=_cmd_confirm)
 
     p = sub.add_parser("status", help="a sweep's cells: trials done, running, best α so far; and, for a submitted "

@@ -1,9 +1,11 @@
-"""Who runs a cell: a lease in the results store, held by one runner process and refreshed by a heartbeat.
+"""Who runs a cell: a lease in the results store's database, held by one runner process and refreshed by a
+heartbeat. The leases are kept here (``take_lease``, ``heartbeat``, ``release_lease``, ``interrupt``,
+``leases``), over the results store's engine; ``LeaseKeeper`` holds them for one process.
 
 A runner is a ``wconv run`` process, or one SLURM array task (one of the cell's ``workers``). Two
 *independent* runs of one sweep never collide: the second finds the cell's lease held and refuses.
 Workers of one cell hold one lease each (``worker`` 0 … N−1) and share the cell's trials through
-``Store.locked`` (see ``launch/search.py``).
+``launch/claims.py`` (see ``launch/search.py``).
 
 A lease is taken over at once when its owner is provably gone, and otherwise only after its
 heartbeat has been silent for ``lease_timeout()`` seconds (default 300, env ``WCONV_LEASE_TIMEOUT_S``):
@@ -19,9 +21,17 @@ import sys
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
+import pandas as pd
 import psutil
+from sqlalchemy import delete, select, update
+
+from analysis.store import Database, Store
+from analysis.store.engine import now
+from analysis.store.schema import leases_table, trials_table
+from launch.claims import claim
+from wconv.status import TrialStatus
 
 DEFAULT_LEASE_TIMEOUT_S = 300.0
 
@@ -106,6 +116,71 @@ def describe(lease: dict, sweep: str, cell: str) -> str:
             f"or run again once its heartbeat has been silent for {lease_timeout():.0f} s")
 
 
+# -- the leases table --------------------------------------------------------------------------------
+
+
+def take_lease(store: Store, sweep: str, cell: str, worker: int, holder: dict, *,
+               gone: Callable[[dict], bool]) -> dict | None:
+    """Take the lease on ``(sweep, cell, worker)`` for ``holder`` (owner, host, pid, process_started,
+    slurm_job). Returns None when taken (free, already ours, or its owner is ``gone``), else the
+    lease row of the live owner. A lease taken over hands its owner's unfinished trials of the cell
+    to the new owner, in the same transaction.
+    """
+
+    def take(tx) -> dict | None:
+        current = next((row for row in tx.leases(cell) if row["worker"] == worker), None)
+        if current is not None and current["owner"] != holder["owner"] and not gone(current):
+            return current
+        stamp = now()
+        values = dict(holder, sweep=sweep, cell=cell, worker=worker, taken_at=stamp, heartbeat_at=stamp)
+        store.upsert_in(tx.conn, leases_table, values, ["sweep", "cell", "worker"],
+                        [k for k in values if k not in ("sweep", "cell", "worker")])
+        if current is not None and current["owner"] != holder["owner"]:
+            tx.hand_over(cell, current["owner"], holder["owner"])
+        return None
+
+    return claim(store, sweep, take)
+
+
+def heartbeat(db: Database, sweep: str, owner: str) -> int:
+    """Refresh every lease ``owner`` holds in ``sweep``; returns how many it still holds."""
+    c = leases_table.c
+    return db.write(lambda conn: conn.execute(update(leases_table).where(c.sweep == sweep, c.owner == owner)
+                                              .values(heartbeat_at=now())).rowcount)
+
+
+def release_lease(db: Database, sweep: str, cell: str, owner: str) -> None:
+    """Give up ``owner``'s leases on ``cell`` (done, or interrupted): the next runner takes over at once."""
+    c = leases_table.c
+    db.write(lambda conn: conn.execute(delete(leases_table).where(c.sweep == sweep, c.cell == cell,
+                                                                  c.owner == owner)))
+
+
+def interrupt(db: Database, sweep: str, owners: Iterable[str]) -> int:
+    """Mark the running trials of ``owners`` interrupted and drop their leases (their jobs were cancelled):
+    the next runner of the sweep continues those trials at once. Returns how many were running."""
+    owners = list(owners)
+    t, lease = trials_table.c, leases_table.c
+
+    def drop(conn) -> int:
+        n = conn.execute(update(trials_table)
+                         .where(t.sweep == sweep, t.owner.in_(owners), t.status == TrialStatus.RUNNING.value)
+                         .values(status=TrialStatus.INTERRUPTED.value, updated_at=now())).rowcount
+        conn.execute(delete(leases_table).where(lease.sweep == sweep, lease.owner.in_(owners)))
+        return n
+
+    return db.write(drop)
+
+
+def leases(db: Database, sweep: str | None = None) -> pd.DataFrame:
+    """The leases of ``sweep`` (or of every sweep), by cell and worker."""
+    c = leases_table.c
+    stmt = select(*db.present(leases_table)).order_by(c.sweep, c.cell, c.worker)
+    if sweep is not None:
+        stmt = stmt.where(c.sweep == sweep)
+    return db.read(stmt)
+
+
 class LeaseKeeper:
     """The leases this process holds in one sweep, and the heartbeat that keeps them.
 
@@ -114,8 +189,6 @@ class LeaseKeeper:
     """
 
     def __init__(self, store_url: str, sweep: str, holder: Optional[Holder] = None):
-        from analysis.store import Store
-
         self.store_url, self.sweep = store_url, sweep
         self.holder = holder or this_process()
         self.store = Store(store_url)
@@ -130,12 +203,12 @@ class LeaseKeeper:
 
         A lease held by a live owner is refused from a read first, without the write lock: a runner
         stopped inside a write transaction keeps that lock, and the refusal must not wait for it."""
-        leases = self.store.leases(self.sweep)
-        for current in leases[(leases["cell"] == cell) & (leases["worker"] == worker)].to_dict("records"):
+        held = leases(self.store, self.sweep)
+        for current in held[(held["cell"] == cell) & (held["worker"] == worker)].to_dict("records"):
             if current["owner"] != self.holder.owner and not gone(current):
                 raise LeaseHeld(describe(current, self.sweep, cell))
         with self._lock:
-            current = self.store.take_lease(self.sweep, cell, worker, self.holder.row(), gone=gone)
+            current = take_lease(self.store, self.sweep, cell, worker, self.holder.row(), gone=gone)
             if current is not None:
                 raise LeaseHeld(describe(current, self.sweep, cell))
             self.held.add((cell, worker))
@@ -146,7 +219,7 @@ class LeaseKeeper:
     def release(self, cell: str) -> None:
         with self._lock:
             self.held = {h for h in self.held if h[0] != cell}
-            self.store.release_lease(self.sweep, cell, self.holder.owner)
+            release_lease(self.store, self.sweep, cell, self.holder.owner)
 
     def release_all(self) -> None:
         for cell in {c for c, _ in self.held}:
@@ -172,7 +245,7 @@ class LeaseKeeper:
             with self._lock:
                 expected = len(self.held)
                 try:
-                    held = self.store.heartbeat(self.sweep, self.holder.owner)
+                    held = heartbeat(self.store, self.sweep, self.holder.owner)
                 except StoreError as e:  # a database hiccup: try again at the next beat
                     print(f"wconv: lease heartbeat failed ({e}); retrying", file=sys.stderr, flush=True)
                     continue

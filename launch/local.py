@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from analysis.store import TERMINAL, Store
-from launch.cell import cell_finished, prepare_sweep, trials_per_cell
+from analysis.store import Store
+from launch.cell import DEFAULT_RUNS_DIR, cell_finished, prepare_sweep, trials_per_cell
 from launch.launcher import Task, plan_tasks
 from launch.lease import LeaseKeeper
 from launch.spec import Sweep
+from wconv.status import TERMINAL, Stage
 
 
 @dataclass
@@ -56,7 +57,7 @@ class LocalLauncher:
 
     def _announce(self, sweep: Sweep, task: Task, position: str) -> None:
         with Store(sweep.storage) as store:
-            rows = store.trials(sweep=sweep.name, cell=task.cell.id, stage="search" if task.plan is None else "confirm")
+            rows = store.trials(sweep=sweep.name, cell=task.cell.id, stage=Stage.SEARCH if task.plan is None else Stage.CONFIRM)
         finished = int(rows["status"].isin(TERMINAL).sum()) if not rows.empty else 0
         what = (f"{trials_per_cell(sweep)} trials ({sweep.search.num_samples} sampled + α = 1 baseline), α ranges "
                 f"{[list(r) for r in task.cell.ranges]}" if task.plan is None else
@@ -72,7 +73,7 @@ class LocalLauncher:
         """Nothing to cancel: a local run is interrupted with Ctrl-C, and resumes when run again."""
 
 
-def run_sweep(sweep: Sweep, runs_dir: Path | str = "results/runs", out: TextIO = sys.stdout,
+def run_sweep(sweep: Sweep, runs_dir: Path | str = DEFAULT_RUNS_DIR, out: TextIO = sys.stdout,
               num_cpus: Optional[int] = None, callbacks: Sequence = ()) -> None:
     """Run every unfinished cell of ``sweep``; say so and do nothing when all are finished."""
     from launch.runner import allocation, check_allocation

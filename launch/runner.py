@@ -41,13 +41,14 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from analysis.arms import FIELDS
-from analysis.store import TERMINAL, Store
+from analysis.store import Store
 from launch.cell import (alpha_of, cell_dir, key_of, record_fields, trial_config, trial_key,
                          trials_per_cell)
 from launch.launcher import ResourceError, Task, owner_only
 from launch.lease import LeaseKeeper
 from launch.search import CellSearch, PlannedSearch, make_scheduler, outcome
 from launch.spec import Cell, Sweep
+from wconv.status import TERMINAL, Stage, TrialStatus
 from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, METRIC_SETTINGS, REASON, REPLAY,
                          WALL_TIME_S)
 
@@ -232,7 +233,7 @@ class StoreCallback(tune.Callback):
     """Tune callback, run in the driver, that writes every trial to the results store, fenced by this
     runner's ownership of the trial (a runner that lost its lease writes nothing)."""
 
-    def __init__(self, sweep: Sweep, cell: Cell, trials_dir: Path, owner: str, stage: str = "search"):
+    def __init__(self, sweep: Sweep, cell: Cell, trials_dir: Path, owner: str, stage: str = Stage.SEARCH):
         self.sweep, self.cell, self.trials_dir, self.owner, self.stage = sweep, cell, trials_dir, owner, stage
         self.store = None
 
@@ -251,7 +252,7 @@ class StoreCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         key = trial_key(alpha_of(trial.config, self.cell), trial.config.get("arm"))
-        self._record(trial, status="running", checkpoint=str(self.trials_dir / key))
+        self._record(trial, status=TrialStatus.RUNNING, checkpoint=str(self.trials_dir / key))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.store is None:
@@ -264,7 +265,7 @@ class StoreCallback(tune.Callback):
         epochs[int(result[EPOCH])] = _epoch_metrics(result)
         self.store.record_epochs(self.sweep.name, tid, epochs, owner=self.owner)
         if not result.get(FINISHED):
-            self._record(trial, status="running", epochs_run=int(result[EPOCH]), host=result.get(HOST),
+            self._record(trial, status=TrialStatus.RUNNING, epochs_run=int(result[EPOCH]), host=result.get(HOST),
                          device=result.get(DEVICE), wall_time_s=result.get(WALL_TIME_S))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -272,23 +273,23 @@ class StoreCallback(tune.Callback):
         status = outcome(last, error=False)
         common = dict(epochs_run=int(last.get(EPOCH, 0)), wall_time_s=last.get(WALL_TIME_S),
                       host=last.get(HOST), device=last.get(DEVICE))
-        if status == "stopped":
+        if status == TrialStatus.STOPPED:
             partial = {k: v for k, v in last.items() if k.startswith("val_")}
-            self._record(trial, status="stopped", reason=f"stopped by ASHA after {common['epochs_run']} epoch(s)",
+            self._record(trial, status=TrialStatus.STOPPED, reason=f"stopped by ASHA after {common['epochs_run']} epoch(s)",
                          metrics=partial, **common)
         else:
             self._record(trial, status=status, reason=last.get(REASON), metrics=last.get(FINAL),
                          metric_settings=last.get(METRIC_SETTINGS), **common)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._record(trial, status="failed", reason=_error_line(trial))
+        self._record(trial, status=TrialStatus.FAILED, reason=_error_line(trial))
 
 
 class ProgressCallback(tune.Callback):
     """One console line per finished trial: the cell's trials done out of its total, and its best so far
     (from the store, so trials finished by other workers and earlier runs count)."""
 
-    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: Optional[TextIO] = None, stage: str = "search",
+    def __init__(self, sweep: Sweep, cell: Cell, position: str, out: Optional[TextIO] = None, stage: str = Stage.SEARCH,
                  total: Optional[int] = None):
         self.sweep, self.cell, self.position, self.stage = sweep, cell, position, stage
         self.total = total or trials_per_cell(sweep)
@@ -312,7 +313,7 @@ class ProgressCallback(tune.Callback):
         done = rows[rows["status"].isin(TERMINAL)] if not rows.empty else rows
         best, best_alpha = None, None
         for _, row in done.iterrows():
-            value = (row["metrics"] or {}).get(self.sweep.metric) if row["status"] == "completed" else None
+            value = (row["metrics"] or {}).get(self.sweep.metric) if row["status"] == TrialStatus.COMPLETED else None
             if value is not None and not row["baseline"] and (
                     best is None or (value > best if self.sweep.mode == "max" else value < best)):
                 best, best_alpha = value, row["alpha"]
@@ -370,7 +371,7 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
     callbacks (instrumentation, e.g. the orchestration benchmark's clock). ``plan``: a confirmation's
     fixed trials (``PlannedSearch``) instead of a search, run to their budget (FIFO).
     """
-    stage = "search" if plan is None else "confirm"
+    stage = Stage.SEARCH if plan is None else Stage.CONFIRM
     total = trials_per_cell(sweep) if plan is None else len(plan)
 
     def finished() -> bool:

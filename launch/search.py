@@ -5,7 +5,7 @@ in a persistent Optuna storage (a journal file beside the runs, or the sweep's P
 that ``optuna-dashboard`` opens it and several workers of one cell share it.
 
 - **Claims.** ``CellSearch.suggest`` decides what a free slot runs inside one locked store
-  transaction (``Store.locked``): first an unfinished trial whose runner is gone (it continues from its
+  transaction (``launch/claims.py``): first an unfinished trial whose runner is gone (it continues from its
   checkpoint), then the α = 1 baseline if the cell has none, then a new α from the study — never an α
   the cell already has (a duplicate proposal is told to Optuna as FAIL and asked again), and never
   beyond ``num_samples + 1`` trials. So a resumed or shared cell cannot lose or repeat a trial,
@@ -32,11 +32,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from analysis.arms import FIELDS
-from analysis.store import TERMINAL, Store
+from analysis.store import Store
+from launch.claims import LockedSweep, claim
 from launch.cell import (alpha_names, baseline_alpha, is_baseline, record_fields, trial_id,
                          trials_per_cell)
 from launch.lease import Holder, gone
 from launch.spec import Cell, Sweep
+from wconv.status import TERMINAL, Stage, TrialStatus
 from wconv.train import BASELINE, FINAL, FINISHED, REPLAY, STATUS, EPOCH
 
 
@@ -120,10 +122,10 @@ def make_sampler(sweep: Sweep, cell: Cell, asked: int) -> optuna.samplers.BaseSa
 def outcome(result: Optional[dict], error: bool) -> str:
     """completed | stopped | failed, from a trial's last report (None: it never reported)."""
     if error or result is None:
-        return "failed"
+        return TrialStatus.FAILED
     if not result.get(FINISHED):
-        return "stopped"  # the scheduler ended it
-    return result.get(STATUS, "failed")
+        return TrialStatus.STOPPED  # the scheduler ended it
+    return result.get(STATUS, TrialStatus.FAILED)
 
 
 class CellSearch(Searcher):
@@ -132,7 +134,7 @@ class CellSearch(Searcher):
     ``stage`` separates a sweep's search from its confirmation runs, which reuse the machinery.
     """
 
-    def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, *, stage: str = "search"):
+    def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, *, stage: str = Stage.SEARCH):
         super().__init__(metric=sweep.metric, mode=sweep.mode)
         self.sweep, self.cell, self.holder, self.stage, self.runs_dir = sweep, cell, holder, stage, Path(runs_dir)
         self._open()
@@ -190,8 +192,9 @@ class CellSearch(Searcher):
     def claim(self) -> Optional[tuple[float, ...]]:
         """What the next free slot runs, or None when the cell needs nothing more from this worker."""
         cell, owner = self.cell, self.holder.owner
-        with self.store.locked(self.sweep.name) as tx:
-            rows = [r for r in tx.trials(cell.id) if (r.get("stage") or "search") == self.stage]
+
+        def decide(tx: LockedSweep) -> Optional[tuple[float, ...]]:
+            rows = [r for r in tx.trials(cell.id) if (r.get("stage") or Stage.SEARCH) == self.stage]
             live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
             mine = set(self.running.values())
             orphans = [r for r in rows if r["status"] not in TERMINAL and r["trial_id"] not in mine
@@ -206,9 +209,11 @@ class CellSearch(Searcher):
             alpha = baseline_alpha(cell)
             if trial_id(cell, alpha) in keys:
                 alpha = self.ask(keys)
-            tx.record_trial(trial_id(cell, alpha), owner=owner, status="running", stage=self.stage,
+            tx.record_trial(trial_id(cell, alpha), owner=owner, status=TrialStatus.RUNNING, stage=self.stage,
                             **record_fields(cell, alpha))
             return alpha
+
+        return claim(self.store, self.sweep.name, decide)
 
     def ask(self, keys: set[str]) -> tuple[float, ...]:
         """A new α from the study; one the cell already has is told as FAIL and never run."""
@@ -235,7 +240,7 @@ class CellSearch(Searcher):
         return None
 
     def tell(self, tid: str, alpha, status: str, value: Optional[float]) -> None:
-        state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        state = {TrialStatus.COMPLETED: TrialState.COMPLETE, TrialStatus.STOPPED: TrialState.PRUNED}.get(status, TrialState.FAIL)
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
         trial = self.study_trial(tid)
@@ -309,7 +314,7 @@ class PlannedSearch(CellSearch):
     init-scale control) on one fresh seed. Same claims, same store, nothing told to Optuna."""
 
     def __init__(self, sweep: Sweep, cell: Cell, runs_dir: Path, holder: Holder, plan: list[dict], *,
-                 stage: str = "confirm"):
+                 stage: str = Stage.CONFIRM):
         self.plan = plan  # [{"arm": ..., "alpha": (...), <a control's TrialConfig field>: (...)}]
         super().__init__(sweep, cell, runs_dir, holder, stage=stage)
 
@@ -335,7 +340,8 @@ class PlannedSearch(CellSearch):
 
     def claim_arm(self) -> Optional[str]:
         cell, owner = self.cell, self.holder.owner
-        with self.store.locked(self.sweep.name) as tx:
+
+        def decide(tx: LockedSweep) -> Optional[str]:
             rows = {r["trial_id"]: r for r in tx.trials(cell.id) if r.get("stage") == self.stage}
             live = {lease["owner"] for lease in tx.leases(cell.id) if lease["owner"] != owner and not gone(lease)}
             mine = set(self.running.values())
@@ -343,13 +349,15 @@ class PlannedSearch(CellSearch):
                 tid = trial_id(cell, planned["alpha"], planned["arm"])
                 row = rows.get(tid)
                 if row is None:
-                    tx.record_trial(tid, owner=owner, status="running", stage=self.stage,
+                    tx.record_trial(tid, owner=owner, status=TrialStatus.RUNNING, stage=self.stage,
                                     **record_fields(cell, planned["alpha"], planned["arm"]))
                     return planned["arm"]
                 if row["status"] not in TERMINAL and tid not in mine and row.get("owner") not in live:
                     tx.hand_over_trial(tid, owner)
                     return planned["arm"]
-        return None
+            return None
+
+        return claim(self.store, self.sweep.name, decide)
 
     def on_trial_result(self, tune_trial_id: str, result: dict) -> None:
         """Nothing to tell: no study."""

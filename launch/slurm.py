@@ -32,6 +32,8 @@ import submitit
 
 from analysis.store import Store
 from launch.budget import StoreTiming, store_timing
+from launch import jobs as job_records
+from launch.lease import interrupt
 from launch.cell import cell_finished, prepare_sweep
 from launch.launcher import OWNER_ONLY_UMASK, ResourceError, SubmitError, Task, owner_only, plan_tasks
 from launch.profile import ClusterProfile
@@ -192,8 +194,9 @@ def _sqlite_path(url: str) -> Optional[Path]:
 
 
 def _active_jobs(store: Store, sweep: str) -> list[str]:
-    jobs = store.jobs(sweep)
-    ids = [j for j, state in zip(jobs["job_id"], jobs["state"]) if state != "cancelled"] if not jobs.empty else []
+    jobs = job_records.jobs(store, sweep)
+    ids = ([j for j, state in zip(jobs["job_id"], jobs["state"]) if state != job_records.CANCELLED]
+           if not jobs.empty else [])
     states = job_states(ids)
     return [j for j in ids if any(s in ACTIVE for k, s in states.items() if k.split("_")[0] == j)]
 
@@ -272,8 +275,8 @@ def submit_sweep(sweep: Sweep, profile: ClusterProfile, runs_dir: Path | str, *,
     handles = launcher.submit(sweep, tasks)
     job_id = handles[0].job_id.split("_")[0]
     with Store(sweep.storage) as store:
-        store.record_job(sweep.name, job_id, kind="sweep", cluster=profile.model_dump(mode="json"),
-                         tasks=[{"task": h.job_id, "cell": h.task.cell.id, "worker": h.task.worker} for h in handles])
+        job_records.record_job(store, sweep.name, job_id, kind="sweep", cluster=profile.model_dump(mode="json"),
+                               tasks=[{"task": h.job_id, "cell": h.task.cell.id, "worker": h.task.worker} for h in handles])
     print(f"submitted array job {job_id}: {len(tasks)} task(s) for sweep {sweep.name!r} "
           f"({len(todo)} cell(s) × {workers} worker(s)); follow it with `wconv status {sweep.name}`", file=out)
     return job_id
@@ -313,7 +316,7 @@ def _store_state(sweep: Sweep, dry_run: bool) -> tuple[StoreTiming, list, list]:
 
 
 def recorded_jobs(store: Store, sweep: str) -> list[dict]:
-    jobs = store.jobs(sweep)
+    jobs = job_records.jobs(store, sweep)
     if jobs.empty:
         raise SubmitError(f"sweep {sweep!r} was never submitted to SLURM from {store!r}; "
                           f"submit it with `wconv submit SWEEP.yaml --cluster PROFILE`")
@@ -339,14 +342,14 @@ def sweep_status(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
 def cancel_sweep(store: Store, sweep: str, out: TextIO = sys.stdout) -> None:
     """Cancel the sweep's array jobs and mark what was running as interrupted: a later ``submit`` resumes it."""
     jobs = recorded_jobs(store, sweep)
-    ids = [j["job_id"] for j in jobs if j["state"] != "cancelled"]
+    ids = [j["job_id"] for j in jobs if j["state"] != job_records.CANCELLED]
     if ids:  # before any write: a task stopped mid-transaction holds SQLite's lock until SLURM ends it
         require_slurm()
         subprocess.run(["scancel", *ids], check=False, capture_output=True, timeout=60)
     owners = {f"slurm:{t['task']}" for j in jobs for t in (j["tasks"] or [])}
     owners |= {f"slurm:{j['job_id']}" for j in jobs}
-    interrupted = store.interrupt(sweep, owners)
+    interrupted = interrupt(store, sweep, owners)
     for job_id in ids:
-        store.set_job_state(sweep, job_id, "cancelled")
+        job_records.set_job_state(store, sweep, job_id, job_records.CANCELLED)
     print(f"cancelled array job(s) {', '.join(ids) or '(none active)'} of sweep {sweep!r}; {interrupted} running "
           f"trial(s) marked interrupted (`wconv submit` of the same sweep resumes them)", file=out)

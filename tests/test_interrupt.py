@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from analysis.store import TERMINAL, Store
+from launch.lease import leases
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def test_ctrl_c_exits_130_in_one_line_and_the_next_run_resumes_with_nothing_lost
     assert "Tuner.restore" not in out + err and "another runner" not in out, out[-3000:]
     assert _ray_folders(temp_root) == [], "the interrupted run left its Ray temp folder"
     assert _processes_of(temp_root) == [], "Ray processes outlived the interrupted run"
-    assert store.leases(sweep="ctrlc").empty, "the interrupted run kept its lease"
+    assert leases(store, sweep="ctrlc").empty, "the interrupted run kept its lease"
     before = _epochs(store)
     assert before, "no epoch recorded before the interrupt"
 

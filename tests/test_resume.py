@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from analysis.store import TERMINAL, Store
-from launch.lease import silent_for
+from launch.lease import leases, silent_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,9 +241,9 @@ def test_a_hung_runner_is_taken_over_after_its_heartbeat_falls_silent(tmp_path):
         _, err = refused.communicate(timeout=300)
         assert refused.returncode == 2 and "is being run by" in _one_line(err) and f"pid {first.pid}" in err
         _wait("the frozen runner's heartbeat silent for more than 1 s",
-              lambda: (silent := store.leases(sweep="hung")).empty or all(silent_for(row) > 1.5 for row in
+              lambda: (silent := leases(store, sweep="hung")).empty or all(silent_for(row) > 1.5 for row in
                                                                           silent.to_dict("records")),
-              lambda: store.leases(sweep="hung").to_string(), timeout=60)
+              lambda: leases(store, sweep="hung").to_string(), timeout=60)
         second = _start(path, tmp_path, WCONV_LEASE_TIMEOUT_S="1")
         out, err = second.communicate(timeout=600)
         assert second.returncode == 0, err[-3000:]
@@ -299,8 +299,8 @@ def test_a_run_that_meets_the_store_locked_by_a_stopped_runner_names_it(tmp_path
         assert time.monotonic() - started < 55, "the refusal waited for the write lock"
 
         _wait("the lease's heartbeat silent for more than 1 s",
-              lambda: all(silent_for(row) > 1.5 for row in store.leases(sweep="locked").to_dict("records")),
-              lambda: store.leases(sweep="locked").to_string(), timeout=60)
+              lambda: all(silent_for(row) > 1.5 for row in leases(store, sweep="locked").to_dict("records")),
+              lambda: leases(store, sweep="locked").to_string(), timeout=60)
         blocked = _start(path, tmp_path, WCONV_LEASE_TIMEOUT_S="1")
         _, err = blocked.communicate(timeout=300)
         line = _one_line(err)
@@ -308,7 +308,7 @@ def test_a_run_that_meets_the_store_locked_by_a_stopped_runner_names_it(tmp_path
         assert "stayed locked by another process" in line and str(db) in line
         assert f"pid {holder.pid}" in line and "stopped" in line and f"kill -CONT {holder.pid}" in line
         assert store.trials(sweep="locked").equals(before)
-        assert store.leases(sweep="locked")["pid"].tolist() == [holder.pid]  # not taken over
+        assert leases(store, sweep="locked")["pid"].tolist() == [holder.pid]  # not taken over
     finally:
         holder.kill()
         holder.communicate()

@@ -13,7 +13,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from analysis.store import Store
 from launch.cell import prepare_sweep, trial_id, trials_per_cell
-from launch.lease import Holder, this_process
+from launch.lease import Holder, take_lease, this_process
 from launch.search import BaselineASHA, CellSearch
 from launch.spec import parse_sweep
 
@@ -105,8 +105,8 @@ def test_a_cell_never_claims_more_than_its_trials_and_never_an_alpha_twice(cell_
     sweep, cell, runs, make = cell_search
     a, b = make(Holder("a", "h", 1, 0.0, None)), make(Holder("b", "h", 2, 0.0, None))
     with Store(sweep.storage) as store:  # both workers hold a live lease on the cell
-        store.take_lease(sweep.name, cell.id, 0, a.holder.row(), gone=lambda lease: False)
-        store.take_lease(sweep.name, cell.id, 1, b.holder.row(), gone=lambda lease: False)
+        take_lease(store, sweep.name, cell.id, 0, a.holder.row(), gone=lambda lease: False)
+        take_lease(store, sweep.name, cell.id, 1, b.holder.row(), gone=lambda lease: False)
     claimed = []
     for i in range(10):
         for worker in (a, b):
@@ -177,7 +177,7 @@ def _claim_all(url: str, runs: str, worker: int, barrier, results) -> None:
         barrier.wait(timeout=60)
         search = CellSearch(sweep, cell, Path(runs), Holder(f"w{worker}", "h", worker, 0.0, None))
         with Store(url) as store:
-            store.take_lease(sweep.name, cell.id, worker, search.holder.row(), gone=lambda lease: False)
+            take_lease(store, sweep.name, cell.id, worker, search.holder.row(), gone=lambda lease: False)
         claimed = []
         while (config := search.suggest(f"w{worker}-{len(claimed)}")) != "FINISHED":
             claimed.append(config["alpha_1"])

@@ -10,6 +10,7 @@ from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from sqlalchemy import text
 
 from analysis.store import Store, StoreError
+from launch.lease import heartbeat, interrupt, leases, release_lease, take_lease
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,7 +49,7 @@ def test_an_up_to_date_sqlite_store_opens_and_reads_while_another_process_holds_
     open the store (without writing) and read it, and `cancel` writes only once SLURM has ended the holder."""
     import sqlite3
 
-    import analysis.store as store_module
+    import analysis.store.engine as store_module
 
     path = tmp_path / "wconv.db"
     with Store(f"sqlite:///{path}") as store:
@@ -56,7 +57,7 @@ def test_an_up_to_date_sqlite_store_opens_and_reads_while_another_process_holds_
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the write lock, held as by a stopped writer
     holder.execute("UPDATE trials SET epochs_run = 1")
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_MS", 200)  # a write would fail at once, not wait a minute
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 200)  # a write would fail at once, not wait a minute
     try:
         with Store(f"sqlite:///{path}") as store:
             assert list(store.trials(sweep="s")["trial_id"]) == ["t1"]
@@ -355,27 +356,27 @@ def _holder(owner, pid=1):
 
 def test_a_lease_is_refused_while_its_owner_lives_and_taken_over_with_its_trials_when_gone(store):
     store.record_sweep("s", task="classification", metric="val_accuracy", mode="max", spec={})
-    assert store.take_lease("s", "c", 0, _holder("a"), gone=lambda lease: False) is None
+    assert take_lease(store, "s", "c", 0, _holder("a"), gone=lambda lease: False) is None
     store.record_trial("s", "c/t1", cell="c", status="running", owner="a")
     store.record_trial("s", "c/t2", cell="c", status="completed", owner="a")
-    held = store.take_lease("s", "c", 0, _holder("b", 2), gone=lambda lease: False)
+    held = take_lease(store, "s", "c", 0, _holder("b", 2), gone=lambda lease: False)
     assert held["owner"] == "a"
-    assert store.take_lease("s", "c", 0, _holder("a"), gone=lambda lease: False) is None  # its own again
-    assert store.take_lease("s", "c", 0, _holder("b", 2), gone=lambda lease: lease["owner"] == "a") is None
+    assert take_lease(store, "s", "c", 0, _holder("a"), gone=lambda lease: False) is None  # its own again
+    assert take_lease(store, "s", "c", 0, _holder("b", 2), gone=lambda lease: lease["owner"] == "a") is None
     assert store.trial("s", "c/t1")["owner"] == "b"  # the unfinished trial moved with the lease
     assert store.trial("s", "c/t2")["owner"] == "a"
-    assert store.heartbeat("s", "a") == 0 and store.heartbeat("s", "b") == 1
+    assert heartbeat(store, "s", "a") == 0 and heartbeat(store, "s", "b") == 1
     assert store.record_trial("s", "c/t1", status="running", owner="a", epochs_run=3) is False  # fenced
     assert store.trial("s", "c/t1")["epochs_run"] is None
-    store.release_lease("s", "c", "b")
-    assert store.leases("s").empty
+    release_lease(store, "s", "c", "b")
+    assert leases(store, "s").empty
 
 
 def test_cancelling_marks_running_trials_interrupted_and_frees_their_leases(store):
     store.record_sweep("s", task="classification", metric="val_accuracy", mode="max", spec={})
-    store.take_lease("s", "c", 0, _holder("slurm:7_0"), gone=lambda lease: False)
+    take_lease(store, "s", "c", 0, _holder("slurm:7_0"), gone=lambda lease: False)
     store.record_trial("s", "c/t1", cell="c", status="running", owner="slurm:7_0")
     store.record_trial("s", "c/t2", cell="c", status="completed", owner="slurm:7_0")
-    assert store.interrupt("s", ["slurm:7_0"]) == 1
+    assert interrupt(store, "s", ["slurm:7_0"]) == 1
     assert store.trial("s", "c/t1")["status"] == "interrupted" and store.trial("s", "c/t2")["status"] == "completed"
-    assert store.leases("s").empty
+    assert leases(store, "s").empty

@@ -14,9 +14,11 @@ import copy
 import math
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, NotRequired, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, NotRequired, Optional, TypedDict
 
 import torch
+
+from wconv.status import COMPLETED, FAILED, STOPPED, TrialStatus  # how a trial ends: wconv/status.py
 
 if TYPE_CHECKING:
     from wconv.train import TrainingConfig
@@ -50,12 +52,6 @@ MEMBER = "member"
 ALPHA = "alpha"
 """Fused groups: the member's α (a list; None for the baseline), in each of its reports."""
 
-COMPLETED = "completed"
-FAILED = "failed"
-STOPPED = "stopped"
-"""A member of a fused group stopped by its caller (a scheduler); a single trial stopped by a scheduler is
-ended from outside and never reports it."""
-TrialStatus = Literal["completed", "failed", "stopped"]
 
 
 def metric_key(split: str, metric: str) -> str:
