@@ -10,7 +10,7 @@ A checkpoint is a pickle, and unpickling an untrusted pickle runs whatever code 
 shared filesystems, so ``load_checkpoint`` reads with ``torch.load(weights_only=True)``: torch's restricted
 unpickler, which builds only tensors, containers and plain values, plus the few types that ``SAFE_GLOBALS``
 names — what a trial's checkpoint holds besides tensors: NumPy's RNG state (``np.random.get_state()``, one
-``uint32`` array). Anything else is refused with ``UnsafeCheckpoint``, one line naming the file.
+``uint32`` array), and the trial status words of ``wconv.status``. Anything else is refused with ``UnsafeCheckpoint``, one line naming the file.
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
+from wconv.status import Stage, TrialStatus
+
 _reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
 
 SAFE_GLOBALS: list = [
     np.ndarray, np.dtype, type(np.dtype(np.uint32)),
     # NumPy 2 moved numpy.core to numpy._core; a checkpoint written under NumPy 1 names the old module.
     (_reconstruct, "numpy._core.multiarray._reconstruct"), (_reconstruct, "numpy.core.multiarray._reconstruct"),
+    # A trial's progress records its outcome in wconv's own words (a StrEnum, rebuilt from its value).
+    TrialStatus, Stage,
 ]
 """What ``torch.load(weights_only=True)`` may build beyond torch's own allowlist."""
 
