@@ -15,10 +15,7 @@ Ctrl-C: Tune's own SIGINT handler is turned off, so SIGINT is Python's ``Keyboar
 driver. Tune's handler would end ``fit()`` normally, snapshot an experiment state wconv never restores and
 print how to restore it, and the run would exit 0 as if the cell were merely unfinished. Instead ``run_cell``
 stops Ray (no trial keeps running or writing its checkpoint), gives the lease back and lets the interrupt
-through: ``wconv run`` exits 130, and the next run resumes every trial from its last epoch. Ray can swallow
-that ``KeyboardInterrupt`` (Python runs the handler inside Ray's own blocking calls, which may drop the error), so
-``run_cell`` also records the signal itself (``_Interrupt``) and raises it again from the Tune loop's next step
-and after ``fit()`` returns: a Ctrl-C is never lost, wherever it lands.
+through: ``wconv run`` exits 130, and the next run resumes every trial from its last epoch.
 """
 
 from __future__ import annotations
@@ -27,8 +24,6 @@ import atexit
 import logging
 import os
 import shutil
-import signal
-import threading
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -323,43 +318,6 @@ class ProgressCallback(tune.Callback):
               file=self.out or sys.stdout, flush=True)
 
 
-_sigint_seen = threading.Event()
-"""Set by ``_Interrupt``'s SIGINT handler; module state, since Tune may copy its callbacks."""
-
-
-class _Interrupt(tune.Callback):
-    """Ctrl-C, recorded by this process's own SIGINT handler and raised again from the Tune loop (see the module
-    docstring): in force, as a context, around one ``fit()`` in the main thread."""
-
-    @staticmethod
-    def _handler(signum, frame) -> None:
-        _sigint_seen.set()
-        raise KeyboardInterrupt
-
-    @staticmethod
-    def check() -> None:
-        if _sigint_seen.is_set():
-            raise KeyboardInterrupt
-
-    def on_step_begin(self, iteration, trials, **info) -> None:
-        self.check()
-
-    on_step_end = on_step_begin
-
-    def __enter__(self) -> "_Interrupt":
-        _sigint_seen.clear()
-        self._before = None
-        # Only where Python's own handler is in force (not under a caller's handler, nor off the main thread).
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._before = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._before is not None:
-            signal.signal(signal.SIGINT, self._before)
-
-
 def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0, plan: Optional[list[dict]] = None,
              leases: Optional[LeaseKeeper] = None, position: str = "cell", out: Optional[TextIO] = None,
              num_cpus: Optional[int] = None, callbacks: Sequence = ()) -> bool:
@@ -394,7 +352,6 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
                                  trials_dir=str(trials_dir)),
             {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial},
         )
-        interrupt = _Interrupt()
         search = (CellSearch(sweep, cell, Path(runs_dir), leases.holder) if plan is None
                   else PlannedSearch(sweep, cell, Path(runs_dir), leases.holder, plan))
         tuner = tune.Tuner(
@@ -410,11 +367,9 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
             run_config=tune.RunConfig(name=f"tune-{worker}", storage_path=str(directory), verbose=0,
                                       callbacks=[StoreCallback(sweep, cell, trials_dir, leases.holder.owner, stage),
                                                  ProgressCallback(sweep, cell, position, out, stage, total),
-                                                 interrupt, *callbacks]),
+                                                 *callbacks]),
         )
-        with interrupt:
-            tuner.fit()
-        interrupt.check()  # a Ctrl-C that Ray swallowed inside fit()
+        tuner.fit()
         return finished()
     except BaseException:  # Ctrl-C or a failure: no trial may go on once the lease is given back
         stop_ray()
