@@ -52,10 +52,17 @@ def _env(temp_root: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(temp_root))
 
 
+def _terminal_sigint() -> None:
+    """SIGINT as a terminal's foreground job has it. A suite started in the background by a shell without job control
+    (`make test &`, some CI runners) inherits SIGINT ignored, and so would every run it starts: Python then installs
+    no KeyboardInterrupt, and a Ctrl-C is rightly ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(path: Path, tmp_path: Path, temp_root: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "launch.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs"),
                              "--num-cpus", "2"], cwd=tmp_path, env=_env(temp_root), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=_terminal_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _ray_folders(temp_root: Path) -> list[str]:
