@@ -38,13 +38,18 @@ def _sweep(tmp_path: Path, name: str, *, seeds=(0,), samples=4, epochs=3, steps=
     return path
 
 
-def _env(**extra) -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+def _env(gate: Path | None = None, **extra) -> dict:
+    """The environment of a run under test; with ``gate``, its trials wait before their second epoch until the
+    test creates that file (``tests/gates/sitecustomize.py``)."""
+    if gate is None:
+        return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "gates"), str(ROOT)]),
+                WCONV_TEST_EPOCH_GATE=str(gate), **extra)
 
 
-def _start(path: Path, tmp_path: Path, **env) -> subprocess.Popen:
+def _start(path: Path, tmp_path: Path, gate: Path | None = None, **env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "launch.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs"),
-                             "--num-cpus", "2"], cwd=tmp_path, env=_env(**env), start_new_session=True,
+                             "--num-cpus", "2"], cwd=tmp_path, env=_env(gate, **env), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -227,19 +232,25 @@ def test_a_hung_runner_is_taken_over_after_its_heartbeat_falls_silent(tmp_path):
     """SIGSTOP freezes the runner as a hung node would (its pid lives on): a new run is refused while the
     lease's heartbeat is younger than the new run's lease timeout, and takes over once it is older, finishing
     with nothing lost; the frozen runner, woken, stops itself. (Frozen outside a write transaction: one frozen
-    inside keeps the store's write lock, and no takeover can write; the next test covers what a run says then.)"""
+    inside keeps the store's write lock, and no takeover can write; the next test covers what a run says then.)
+    The first runner's trials wait before their second epoch until the test opens a gate, so its cell is still
+    unfinished when it is frozen, however fast the machine trains."""
     path = _sweep(tmp_path, "hung", samples=3, epochs=3, steps=10)
     db = tmp_path / "wconv.db"
     store = Store(f"sqlite:///{db}")
-    first = _start(path, tmp_path, WCONV_LEASE_TIMEOUT_S="4")  # beats every second
-    _wait("a trial past its first epoch", lambda: first.poll() is not None or (
+    gate = tmp_path / "gate"
+    first = _start(path, tmp_path, gate, WCONV_LEASE_TIMEOUT_S="4")  # beats every second
+    _wait("a trial past its first epoch, held at the gate", lambda: first.poll() is not None or (
         not (t := store.trials(sweep="hung")).empty and (t["epochs_run"].fillna(0) >= 1).any()),
         _trials_seen(store, "hung"))
+    assert first.poll() is None, first.communicate()[1][-3000:]
     _stop_outside_a_write(first, db)
     try:
+        # ASHA may stop a trial at its first rung, but the gate holds the baseline (never stopped) before epoch 2
+        assert _count(store, "hung") < 3 + 1, _trials_seen(store, "hung")()
         refused = _start(path, tmp_path, WCONV_LEASE_TIMEOUT_S="3600")
         _, err = refused.communicate(timeout=300)
-        assert refused.returncode == 2 and "is being run by" in _one_line(err) and f"pid {first.pid}" in err
+        assert refused.returncode == 2 and "is being run by" in _one_line(err) and f"pid {first.pid}" in err, err
         _wait("the frozen runner's heartbeat silent for more than 1 s",
               lambda: (silent := leases(store, sweep="hung")).empty or all(silent_for(row) > 1.5 for row in
                                                                           silent.to_dict("records")),
@@ -250,9 +261,10 @@ def test_a_hung_runner_is_taken_over_after_its_heartbeat_falls_silent(tmp_path):
         _check_cells(store, "hung", cells=1, samples=3)
         before = store.trials(sweep="hung")[["trial_id", "status", "metrics"]].to_dict("records")
     finally:
+        gate.touch()
         os.killpg(first.pid, signal.SIGCONT)
     _, err = first.communicate(timeout=300)
-    assert first.returncode != 0 and "taken over" in err
+    assert first.returncode != 0 and "taken over" in err, err[-3000:]
     assert store.trials(sweep="hung")[["trial_id", "status", "metrics"]].to_dict("records") == before
 
 
