@@ -156,13 +156,13 @@ def test_a_second_run_is_refused_and_a_sweep_killed_before_any_trial_finished_re
     """The reproduction of issue 7: SIGKILL while the baseline and the first sampled trial run. Before it, a second
     `wconv run` of the running sweep is refused in one line naming the first run's pid.
 
-    The first run is stopped (SIGSTOP) as soon as both trials are claimed and one has an epoch recorded, well before
-    either can finish (FIFO, 8 epochs); the refusal and the kill then act on that frozen state, however long the
-    second run takes to start."""
+    The first run is stopped (SIGSTOP) as soon as both trials are claimed and one has an epoch recorded; its trials
+    wait at a gate before their second epoch (never opened), so neither can finish however fast the machine; the
+    refusal and the kill then act on that frozen state, however long the second run takes to start."""
     epochs = 8
     path = _sweep(tmp_path, "early", samples=3, epochs=epochs, steps=12, scheduler={"type": "fifo"})
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
-    proc = _start(path, tmp_path)
+    proc = _start(path, tmp_path, tmp_path / "gate")
     seen = _trials_seen(store, "early")
 
     def claimed() -> bool:
@@ -176,7 +176,7 @@ def test_a_second_run_is_refused_and_a_sweep_killed_before_any_trial_finished_re
     assert proc.poll() is None, "the sweep ended before it could be killed"
     _stop(proc)
     try:
-        assert _count(store, "early") == 0, f"a trial finished before the kill; make trials longer: {seen()}"
+        assert _count(store, "early") == 0, f"a trial finished before the kill: {seen()}"
         second = _start(path, tmp_path)
         _, err = second.communicate(timeout=300)
         assert second.returncode == 2
