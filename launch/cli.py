@@ -420,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, SpecError):
             print(str(e), file=sys.stderr)
             return USER_ERROR
+        from analysis.store import EXIT_UNAVAILABLE, StoreUnavailable
+
+        if isinstance(e, StoreUnavailable):  # an outage, not a mistake: run again later (SLURM tasks requeue)
+            print(f"wconv {args.command}: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
         if isinstance(e, _user_errors()):
             print(f"wconv {args.command}: {e}", file=sys.stderr)
             return USER_ERROR

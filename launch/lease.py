@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
@@ -28,7 +29,7 @@ import psutil
 from sqlalchemy import delete, select, update
 
 from analysis.store import Database, Store
-from analysis.store.engine import now
+from analysis.store.engine import back_since, now
 from analysis.store.schema import leases_table, trials_table
 from launch.claims import claim
 from wconv.status import TrialStatus
@@ -72,12 +73,15 @@ def this_process() -> Holder:
 
 
 def silent_for(lease: dict) -> float:
+    """Seconds since the lease's last heartbeat, counted from when this process last reached the store again after
+    an outage (``analysis.store.engine.back_since``) if that is later: no runner could beat while it was down."""
     beat = lease.get("heartbeat_at")
     if beat is None:
         return float("inf")
     if beat.tzinfo is None:
         beat = beat.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - beat).total_seconds()
+    silence = (datetime.now(timezone.utc) - beat).total_seconds()
+    return min(silence, time.time() - back_since())
 
 
 def gone(lease: dict) -> bool:
@@ -239,13 +243,16 @@ class LeaseKeeper:
         self.close()
 
     def _beat(self) -> None:
-        from analysis.store import StoreError
+        from analysis.store import EXIT_UNAVAILABLE, StoreError, StoreUnavailable
 
         while not self._stop.wait(self.interval):
             with self._lock:
                 expected = len(self.held)
                 try:
                     held = heartbeat(self.store, self.sweep, self.holder.owner)
+                except StoreUnavailable as e:  # waited out for WCONV_STORE_RETRY_S: end the run, resumable
+                    print(f"wconv: {e}", file=sys.stderr, flush=True)
+                    os._exit(EXIT_UNAVAILABLE)
                 except StoreError as e:  # a database hiccup: try again at the next beat
                     print(f"wconv: lease heartbeat failed ({e}); retrying", file=sys.stderr, flush=True)
                     continue

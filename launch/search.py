@@ -71,7 +71,8 @@ def study_storage(sweep: Sweep, runs_dir: Path):
                 engine.dispose()
                 return optuna.storages.RDBStorage(
                     url.render_as_string(hide_password=False),
-                    engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}})
+                    # pre-ping: a connection the server dropped (a restart, an outage) is replaced, not used
+                    engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True})
             except DBAPIError:
                 if attempt == 7:
                     raise

@@ -98,9 +98,21 @@ class PostgresServer:
                 "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start"
             )  # fmt: skip
             if done.returncode == 0:
+                self._options = options
                 return
         log = self.log.read_text()[-2000:] if self.log.exists() else ""
         pytest.fail(f"pg_ctl start failed: {(done.stderr or done.stdout).strip()} {log}", pytrace=False)
+
+    def pause(self) -> None:
+        """Stop the server as an outage would (fast shutdown: clients are disconnected); ``resume`` restarts it."""
+        done = self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        assert done.returncode == 0, done.stderr or done.stdout
+
+    def resume(self) -> None:
+        """Start the paused server again, on the same port."""
+        done = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", self._options,
+                         "start")
+        assert done.returncode == 0, done.stderr or done.stdout
 
     def stop(self) -> None:
         if self.data.exists():

@@ -14,13 +14,28 @@ opened the same way by every process, and one way to write to it.
   results (``results.Store``) and of the orchestration state (``launch/lease.py``, ``launch/claims.py``,
   ``launch/jobs.py``) goes through it, so a database error is always a ``StoreError`` in one line naming the
   store, and reads go through ``Database.read``.
+- **Outages.** A store this process has reached once (``_REACHED``) is waited for when it drops away: an error that
+  ``transient`` recognises (connection refused, reset or closed; the server shutting down, crashed or starting up;
+  SQLSTATE class 08, 57P01–57P03; serialization failure 40001 and deadlock 40P01, after which PostgreSQL asks for
+  the transaction to be run again) is retried with backoff (0.5 s doubling to 10 s) for up to
+  ``WCONV_STORE_RETRY_S`` seconds (default 300), the whole transaction each time. The console says once that it is
+  waiting and why, and once that the store is back. Longer, and ``StoreUnavailable`` ends the command in one line
+  with exit code 75 (``EX_TEMPFAIL``); a SLURM array task requeues itself instead (``launch/slurm.py``). A store
+  never reached (a wrong host, port or password) is refused at once: that is a mistake to fix, not an outage.
+  Leases count their silence from when this process last reached the store again (``back_since``), so an outage
+  does not make a live runner look gone. A transaction whose commit was lost with the connection is run again:
+  the writes are upserts keyed by trial, epoch and lease, so running one twice writes the same rows (a claim may
+  leave one extra Optuna trial RUNNING in the study, never a second trial in the store).
 
 Create one ``Database`` per process (an engine must not cross a fork).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +65,54 @@ class StoreError(RuntimeError):
 
 class NoResults(StoreError):
     """A read-only look at a database that does not exist yet."""
+
+
+class StoreUnavailable(StoreError):
+    """The store stayed unreachable for ``WCONV_STORE_RETRY_S`` seconds after this process had reached it: an outage
+    to wait out (exit ``EXIT_UNAVAILABLE``; a SLURM task requeues itself), not a mistake to fix."""
+
+
+EXIT_UNAVAILABLE = 75
+"""The exit code of a command the store's outage ended (``EX_TEMPFAIL``, sysexits.h): run it again later."""
+
+RETRY_ENV = "WCONV_STORE_RETRY_S"
+_TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "40001", "40P01")
+_TRANSIENT_WORDS = ("connection refused", "server closed the connection", "terminating connection", "connection reset",
+                    "the database system is shutting down", "the database system is starting up",
+                    "the database system is in recovery mode", "connection is closed", "consuming input failed",
+                    "no connection to the server", "connection timeout expired", "broken pipe")
+_REACHED: set[str] = set()
+"""The URLs this process has reached: only their errors are waited out."""
+_outage = threading.Lock()
+_back_since = 0.0
+
+
+def retry_seconds() -> float:
+    """How long a store this process has reached is waited for when it drops away (``WCONV_STORE_RETRY_S``)."""
+    return float(os.environ.get(RETRY_ENV, "300"))
+
+
+def back_since() -> float:
+    """When (``time.time()``) the store last came back after an outage in this process; 0 if it never dropped."""
+    return _back_since
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a database error is an outage to wait out rather than a mistake: see the module docstring."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        orig = getattr(exc, "orig", None) or exc
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if state and str(state).startswith(_TRANSIENT_STATES):
+            return True
+        text = str(orig).lower()
+        if isinstance(exc, DBAPIError) and any(word in text for word in _TRANSIENT_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class StoreLocked(StoreError):
@@ -158,6 +221,37 @@ class Database:
             _configure_sqlite(self.engine, wal=create)
         self._open()
 
+    def _waiting(self, attempt: Callable[[], T], doing: str) -> T:
+        """``attempt()``; a transient error of a store this process has reached is retried (module docstring)."""
+        waited_since, delay = None, 0.5
+        while True:
+            try:
+                result = attempt()
+            except DBAPIError as exc:
+                if self.url not in _REACHED or not transient(exc):
+                    raise
+                now_ = time.monotonic()
+                if waited_since is None:
+                    waited_since = now_
+                    print(f"wconv: waiting for results store {self.masked!r} ({first_line(exc)}); retrying for up "
+                          f"to {retry_seconds():.0f} s ({RETRY_ENV})", file=sys.stderr, flush=True)
+                if now_ - waited_since >= retry_seconds():
+                    raise StoreUnavailable(
+                        f"cannot {doing} results store {self.masked!r}: unreachable for {now_ - waited_since:.0f} s "
+                        f"({first_line(exc)}); nothing was lost: run the same command again once it is back, or "
+                        f"raise {RETRY_ENV}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if waited_since is not None:
+                global _back_since
+                with _outage:
+                    _back_since = time.time()
+                print(f"wconv: results store {self.masked!r} is back after {time.monotonic() - waited_since:.0f} s",
+                      file=sys.stderr, flush=True)
+            _REACHED.add(self.url)
+            return result
+
     def _check_sqlite_file(self, database: str) -> None:
         if database in ("", ":memory:") or database.startswith("file:"):
             return
@@ -202,8 +296,7 @@ class Database:
                              f"{sorted(tables)[:5]}); point --storage at a database wconv wrote")
         if not tables and not self.create:
             raise NoResults(f"no results yet at {self.masked!r} (no wconv tables); run a sweep first")
-        with self.engine.connect() as conn:
-            version = schema.recorded_version(conn) if tables else SCHEMA_VERSION
+        version = self._retry_locked(schema.recorded_version) if tables else SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             raise StoreError(f"results store {self.masked!r} was written by a newer wconv (schema {version}, this "
                              f"wconv reads ≤ {SCHEMA_VERSION}); upgrade wconv to read it")
@@ -219,18 +312,23 @@ class Database:
                 self.columns = self._read_columns()
 
     def _read_columns(self) -> dict[str, set[str]]:
-        with self.engine.connect() as conn:
+        def columns(conn) -> dict[str, set[str]]:
             insp = inspect(conn)
             return {name: {c["name"] for c in insp.get_columns(name)}
                     for name in insp.get_table_names() if name in metadata.tables}
 
+        return self._retry_locked(columns)
+
     def _retry_locked(self, action):
         """Run ``action(conn)``; switching a SQLite file to WAL takes an exclusive lock that does not wait on
         the busy timeout, so processes opening a new file together retry instead of failing."""
+        def connected():
+            with self.engine.connect() as conn:
+                return action(conn)
+
         for attempt in range(40):
             try:
-                with self.engine.connect() as conn:
-                    return action(conn)
+                return self._waiting(connected, "open")
             except DBAPIError as exc:
                 if "locked" in str(exc.orig) and attempt < 39:
                     time.sleep(0.05 * (attempt + 1))
@@ -262,19 +360,25 @@ class Database:
         """``action(conn)`` in one write transaction, committed when it returns and rolled back when it raises:
         the one way anything is written. A database error is a ``StoreError`` naming the store."""
         self.require_write()
-        try:
+        def transaction():
             with _WriteTransaction(self) as conn:
                 return action(conn)
+
+        try:
+            return self._waiting(transaction, doing)
         except DBAPIError as exc:
             raise StoreError(f"cannot {doing} results store {self.masked!r}: {first_line(exc)}"
                              + (f"; {hint}" if hint else "")) from exc
 
     def read(self, stmt) -> pd.DataFrame:
         """The rows of one query, parsed (``schema.parse``)."""
-        try:
+        def query():
             with self.engine.connect() as conn:
                 result = conn.execute(stmt)
                 return schema.parse(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
+
+        try:
+            return self._waiting(query, "read")
         except DBAPIError as exc:
             raise StoreError(f"cannot read results store {self.masked!r}: {first_line(exc)}") from exc
 

@@ -1,6 +1,6 @@
 """A gate a test opens: put this folder first on ``PYTHONPATH`` with ``WCONV_TEST_EPOCH_GATE=<file>`` in the
 environment of a run, and every trial of that run (its Ray workers inherit the environment) waits before its second
-epoch until the test creates ``<file>``. So a test that must act while a cell still has work to do (freeze a runner,
+epoch until the test creates ``<file>`` (or ``<file>.<seed>``, which opens it for the trials of that seed alone). So a test that must act while a cell still has work to do (freeze a runner,
 take it over) does not depend on how fast the machine trains: the cell cannot finish until the test lets it.
 
 Test-only: ``make test`` never puts this folder on a path; only ``tests/test_resume.py`` does, for one run.
@@ -19,7 +19,7 @@ def _hold(module) -> None:
     train_epoch = module.Trial.train_epoch
 
     def gated(self):
-        while self.progress.epoch >= 1 and not os.path.exists(_GATE):
+        while self.progress.epoch >= 1 and not (os.path.exists(_GATE) or os.path.exists(f"{_GATE}.{self.config.seed}")):
             time.sleep(0.1)
         return train_epoch(self)
 
