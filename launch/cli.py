@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             return USER_ERROR
         from analysis.store import EXIT_UNAVAILABLE, StoreUnavailable
 
-        if isinstance(e, StoreUnavailable):  # an outage, not a mistake: run again later (SLURM tasks requeue)
+        if isinstance(e, StoreUnavailable):  # an outage, not a mistake: run again later
             print(f"wconv {args.command}: {e}", file=sys.stderr)
             return EXIT_UNAVAILABLE
         if isinstance(e, _user_errors()):

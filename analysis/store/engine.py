@@ -20,8 +20,8 @@ opened the same way by every process, and one way to write to it.
   the transaction to be run again) is retried with backoff (0.5 s doubling to 10 s) for up to
   ``WCONV_STORE_RETRY_S`` seconds (default 300), the whole transaction each time. The console says once that it is
   waiting and why, and once that the store is back. Longer, and ``StoreUnavailable`` ends the command in one line
-  with exit code 75 (``EX_TEMPFAIL``); a SLURM array task requeues itself instead (``launch/slurm.py``). A store
-  never reached (a wrong host, port or password) is refused at once: that is a mistake to fix, not an outage.
+  with exit code 75 (``EX_TEMPFAIL``): run the same command again once the store is back (a SLURM array task
+  does not yet requeue itself on it; submitting again resumes). A store never reached (a wrong host, port or password) is refused at once: that is a mistake to fix, not an outage.
   Leases count their silence from when this process last reached the store again (``back_since``), so an outage
   does not make a live runner look gone. A transaction whose commit was lost with the connection is run again:
   the writes are upserts keyed by trial, epoch and lease, so running one twice writes the same rows (a claim may
@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,7 +68,7 @@ class NoResults(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store stayed unreachable for ``WCONV_STORE_RETRY_S`` seconds after this process had reached it: an outage
-    to wait out (exit ``EXIT_UNAVAILABLE``; a SLURM task requeues itself), not a mistake to fix."""
+    to wait out (exit ``EXIT_UNAVAILABLE``), not a mistake to fix."""
 
 
 EXIT_UNAVAILABLE = 75
@@ -83,7 +82,6 @@ _TRANSIENT_WORDS = ("connection refused", "server closed the connection", "termi
                     "no connection to the server", "connection timeout expired", "broken pipe")
 _REACHED: set[str] = set()
 """The URLs this process has reached: only their errors are waited out."""
-_outage = threading.Lock()
 _back_since = 0.0
 
 
@@ -245,8 +243,7 @@ class Database:
                 continue
             if waited_since is not None:
                 global _back_since
-                with _outage:
-                    _back_since = time.time()
+                _back_since = time.time()
                 print(f"wconv: results store {self.masked!r} is back after {time.monotonic() - waited_since:.0f} s",
                       file=sys.stderr, flush=True)
             _REACHED.add(self.url)
