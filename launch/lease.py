@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, NoReturn, Optional
 
 import pandas as pd
 import psutil
@@ -185,6 +185,19 @@ def leases(db: Database, sweep: str | None = None) -> pd.DataFrame:
     return db.read(stmt)
 
 
+def exit_unavailable(exc: BaseException) -> NoReturn:
+    """End this process for a store outage: one line, exit 75 (``EXIT_UNAVAILABLE``); run the command again."""
+    from analysis.store import EXIT_UNAVAILABLE
+
+    print(f"wconv: {exc}", file=sys.stderr, flush=True)
+    os._exit(EXIT_UNAVAILABLE)
+
+
+when_unavailable: Callable[[BaseException], NoReturn] = exit_unavailable
+"""What the heartbeat thread does when the store stayed away for ``WCONV_STORE_RETRY_S``: ``exit_unavailable``,
+or in a SLURM array task ``launch.slurm.requeue_self``."""
+
+
 class LeaseKeeper:
     """The leases this process holds in one sweep, and the heartbeat that keeps them.
 
@@ -243,7 +256,7 @@ class LeaseKeeper:
         self.close()
 
     def _beat(self) -> None:
-        from analysis.store import EXIT_UNAVAILABLE, StoreError, StoreUnavailable
+        from analysis.store import StoreError, StoreUnavailable
 
         while not self._stop.wait(self.interval):
             with self._lock:
@@ -251,8 +264,7 @@ class LeaseKeeper:
                 try:
                     held = heartbeat(self.store, self.sweep, self.holder.owner)
                 except StoreUnavailable as e:  # waited out for WCONV_STORE_RETRY_S: end the run, resumable
-                    print(f"wconv: {e}", file=sys.stderr, flush=True)
-                    os._exit(EXIT_UNAVAILABLE)
+                    when_unavailable(e)
                 except StoreError as e:  # a database hiccup: try again at the next beat
                     print(f"wconv: lease heartbeat failed ({e}); retrying", file=sys.stderr, flush=True)
                     continue

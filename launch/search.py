@@ -16,6 +16,9 @@ that ``optuna-dashboard`` opens it and several workers of one cell share it.
 - **The baseline** (α = 1, the standard convolution) runs with the cell's seed to the full budget:
   ASHA neither stops it nor records it in its rungs, and early stopping is off for it. It joins the
   study only when it finishes, and only where α = 1 lies inside the searched ranges.
+- **Outages.** The study's reads and writes wait out an outage of a PostgreSQL store as the store's own do
+  (``analysis.store.engine.wait_out``); a claim, which asks the study inside the store's transaction, is run
+  again whole.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ray.tune.search import Searcher
 
 from analysis.arms import FIELDS
 from analysis.store import Store
+from analysis.store.engine import storage_url, wait_out
 from launch.claims import LockedSweep, claim
 from launch.cell import (alpha_names, baseline_alpha, is_baseline, record_fields, trial_id,
                          trials_per_cell)
@@ -143,11 +147,16 @@ class CellSearch(Searcher):
                               for name, (low, high) in zip(alpha_names(cell), cell.ranges)}
         self.running: dict[str, str] = {}  # Tune trial id -> the store's trial id
         self.alphas: dict[str, tuple[float, ...]] = {}
-        self.reconcile()
+        self._study(self.reconcile)
 
     def _open(self) -> None:
         self.store = Store(self.sweep.storage)
-        self.study = open_study(self.sweep, self.cell, study_storage(self.sweep, self.runs_dir))
+        self.study = self._study(lambda: open_study(self.sweep, self.cell, study_storage(self.sweep, self.runs_dir)),
+                                 "open the study in")
+
+    def _study(self, action, doing: str = "write the study to"):
+        """``action()``, waiting out an outage of the store the study lives in (module docstring)."""
+        return wait_out(storage_url(self.sweep.storage), action, doing)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("store", "study")}  # Tune pickles its config
@@ -173,7 +182,10 @@ class CellSearch(Searcher):
         return dict(zip(alpha_names(self.cell), alpha))
 
     def on_trial_result(self, tune_trial_id: str, result: dict) -> None:
-        trial = self.study_trial(self.running.get(tune_trial_id))
+        self._study(lambda: self._report(self.running.get(tune_trial_id), result))
+
+    def _report(self, tid: Optional[str], result: dict) -> None:
+        trial = self.study_trial(tid)
         if trial is None or trial.state != TrialState.RUNNING:
             return  # not asked from the study, or told its end while the store was not (a kill in between)
         storage = self.study._storage
@@ -185,8 +197,8 @@ class CellSearch(Searcher):
     def on_trial_complete(self, tune_trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         tid = self.running.pop(tune_trial_id, None)
         alpha = self.alphas.pop(tune_trial_id, None)
-        if tid is not None:
-            self.tell(tid, alpha, outcome(result, error), _final_value(result or {}, self.metric))
+        if tid is not None:  # tell reads the study's trial first: run again, it tells no trial twice
+            self._study(lambda: self.tell(tid, alpha, outcome(result, error), _final_value(result or {}, self.metric)))
 
     # -- claims ------------------------------------------------------------------------------------
 

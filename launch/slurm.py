@@ -12,6 +12,10 @@ ahead) is checkpointed by submitit (``CellJob.checkpoint``) and requeued; a task
 same lease holder (its owner name is the array job and task id), takes its lease back at once and
 continues its unfinished trials from their last per-epoch checkpoints; finished trials are in the store.
 
+Store outages: a task waits for its store as any run does (``analysis/store/engine.py``, "Outages"), also
+when the store is down as it starts; one that outlasts ``WCONV_STORE_RETRY_S`` requeues the task
+(``requeue_self``), so the sweep goes on once the database is back.
+
 Passwords: an array task's arguments are a pickle in the runs folder, so a storage URL that holds a
 password is refused (``refuse_password``): a compute node's libpq finds it in ``~/.pgpass`` (or the file
 ``PGPASSFILE`` names) instead. The submission's files, and through sbatch's umask the tasks' logs and
@@ -26,11 +30,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import NoReturn, Optional, Sequence, TextIO
 
 import submitit
 
-from analysis.store import Store
+from analysis.store import EXIT_UNAVAILABLE, Store, StoreUnavailable
 from launch.budget import StoreTiming, store_timing
 from launch import jobs as job_records
 from launch.lease import interrupt
@@ -51,11 +55,41 @@ class CellJob(submitit.helpers.Checkpointable):
         self.task = task
 
     def __call__(self) -> bool:
+        from analysis.store.engine import count_as_reached
+        from launch import lease
         from launch.runner import run_task  # on the compute node: Ray and torch are imported there only
 
         # For the whole process, not only run_task: submitit pickles the result (and a requeue's state) after it.
         os.umask(os.umask(OWNER_ONLY_UMASK) | OWNER_ONLY_UMASK)
-        return run_task(self.task, position=f"task {self.task.name}")
+        count_as_reached(self.task.sweep.storage)  # `wconv submit` reached it: down now is an outage, not a typo
+        lease.when_unavailable = requeue_self
+        try:
+            return run_task(self.task, position=f"task {self.task.name}")
+        except StoreUnavailable as e:
+            requeue_self(e)
+
+
+def requeue_self(exc: BaseException) -> NoReturn:
+    """End this array task for a store outage that outlasted ``WCONV_STORE_RETRY_S``, requeued (``scontrol
+    requeue``): SLURM starts it again (after ~2 min with its default settings), and it resumes from the store and
+    its trials' checkpoints. Exit 75 either way; where SLURM refuses the requeue (``MaxBatchRequeue``, default 5,
+    reached; requeue disabled), the task ends and submitting the sweep again resumes it."""
+    print(f"wconv: {exc}", file=sys.stderr, flush=True)
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
+    if job_id:
+        try:
+            done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+            why = done.stderr.strip() or f"exit {done.returncode}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            done, why = None, str(e)
+        if done is not None and done.returncode == 0:
+            print(f"wconv: requeued array task {job_id}: it resumes when SLURM starts it again", file=sys.stderr,
+                  flush=True)
+        else:
+            print(f"wconv: could not requeue array task {job_id} ({why}); submit the sweep again once the store "
+                  "is back: it resumes", file=sys.stderr, flush=True)
+    os._exit(EXIT_UNAVAILABLE)
 
 
 @dataclass

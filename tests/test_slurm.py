@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 from analysis.store import TERMINAL, Store
@@ -38,28 +39,29 @@ def _no_job_outlives_its_test(request):
         subprocess.run(["scancel", *sorted(left)], capture_output=True)
 
 
-def _sweep(tmp_path: Path, name: str, *, samples=3, epochs=2, steps=5, scheduler=None) -> Path:
+def _sweep(tmp_path: Path, name: str, *, samples=3, epochs=2, steps=5, scheduler=None, storage=None) -> Path:
     spec = {
         "name": name, "task": "classification", "dataset": {"name": "digits"},
         "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
         "search": {"num_samples": samples, "metric": "val_accuracy"},
         "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "training": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": steps},
-        "resources": {"cpus_per_trial": 1}, "storage": f"sqlite:///{tmp_path / 'wconv.db'}",
+        "resources": {"cpus_per_trial": 1}, "storage": storage or f"sqlite:///{tmp_path / 'wconv.db'}",
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
-def _wconv(cluster, *args, cwd: Path, timeout=300) -> subprocess.CompletedProcess:
+def _wconv(cluster, *args, cwd: Path, timeout=300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT), **cluster.env))
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **cluster.env, **(env or {})})
 
 
-def _submit(cluster, path: Path, tmp_path: Path, *extra: str, profile: Path | None = None) -> str:
+def _submit(cluster, path: Path, tmp_path: Path, *extra: str, profile: Path | None = None, env=None) -> str:
+    """``wconv submit``; ``env`` is also the tasks' (sbatch exports the submitting environment)."""
     done = _wconv(cluster, "submit", str(path), "--cluster", str(profile or cluster.profile), "--runs-dir",
-                  str(tmp_path / "runs"), *extra, cwd=tmp_path)
+                  str(tmp_path / "runs"), *extra, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "submitted array job" in done.stdout
     return done.stdout.split("submitted array job ")[1].split(":")[0]
@@ -294,3 +296,43 @@ def test_dry_run_for_leonardo_prints_the_script_the_map_and_the_budget_and_write
     assert "resnet56-k3-s0 (worker 1 of 1)" in out and "GPU-hours:" in out
     assert "nothing submitted" in out
     assert set(tmp_path.iterdir()) == before
+
+
+def test_a_task_whose_store_stays_away_past_the_retry_time_requeues_itself_and_resumes(slurm_cluster, postgres_server,
+                                                                                      postgres_url, tmp_path):
+    """The PostgreSQL store stops for longer than ``WCONV_STORE_RETRY_S`` while the task's first trial is held
+    mid-way (a gate before its second epoch, ``tests/gates``): the task says so in its log, requeues itself
+    (``launch.slurm.requeue_self``) and, started again by SLURM, waits for the store, which is back by then, and
+    finishes the cell with nothing lost or run twice. A fresh task process counts the store as reached (the submit
+    reached it), so a store still down when it starts is waited for, not refused as a wrong URL."""
+    samples = 1
+    path = _sweep(tmp_path, "outage", samples=samples, epochs=3, steps=5, scheduler={"type": "fifo"},
+                  storage=postgres_url)
+    gate = tmp_path / "gate"
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "gates"), str(ROOT)]),
+           "WCONV_TEST_EPOCH_GATE": str(gate), "WCONV_STORE_RETRY_S": "3", "WCONV_LEASE_TIMEOUT_S": "8"}
+    store = Store(postgres_url)
+    seen = _trials_seen(store, "outage")
+    job = _submit(slurm_cluster, path, tmp_path, env=env)
+
+    def logs() -> str:
+        return "".join(p.read_text(errors="replace") for p in (tmp_path / "runs" / "outage" / "slurm").rglob("*_log.*"))
+
+    def held() -> bool:
+        trials = store.trials(sweep="outage")
+        return _finished(slurm_cluster, job) or (not trials.empty and (trials["epochs_run"].fillna(0) >= 1).any())
+
+    _wait("a trial held at the gate after its first epoch", held, seen=seen, every=0.5)
+    assert not _finished(slurm_cluster, job), logs()[-3000:]
+    postgres_server.pause()
+    try:
+        _wait("the task to requeue itself", lambda: "requeued array task" in logs() or _finished(slurm_cluster, job),
+              timeout=300, every=0.3, seen=lambda: logs()[-3000:])
+    finally:
+        postgres_server.resume()
+    assert "waiting for results store" in logs() and "unreachable for" in logs(), logs()[-3000:]
+    gate.touch()
+    _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=600, every=2, seen=seen)
+    assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}, logs()[-3000:]
+    assert len(_restarts(slurm_cluster, job)) >= 2  # the run the outage ended, and the one that finished
+    _check_cell(store, "outage", samples)

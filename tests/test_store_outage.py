@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from analysis.store import EXIT_UNAVAILABLE, Database, Store, StoreError, StoreUnavailable
-from analysis.store.engine import RETRY_ENV, transient
+from analysis.store.engine import RETRY_ENV, storage_url, transient, wait_out
 from launch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +96,44 @@ def test_an_outage_longer_than_the_retry_time_ends_the_command_in_one_line_with_
     assert main(["best", "--storage", postgres_url]) in (0, 2)  # back: answers as it does for an empty store
 
 
+def test_the_searchers_optuna_study_in_the_store_is_written_through_an_outage(postgres_server, postgres_url,
+                                                                              tmp_path, capfd, monkeypatch):
+    """The cell's study lives in the PostgreSQL store (schema ``optuna``); Optuna wraps the driver's error in its own
+    (``StorageInternalError``). ``wait_out``, through which ``CellSearch`` asks and tells its study, waits it out
+    as the store's own writes do; without it the same call fails."""
+    import optuna
+
+    from launch.search import open_study, study_storage
+    from launch.spec import load_sweep
+
+    monkeypatch.setenv(RETRY_ENV, "120")
+    sweep = load_sweep(_sweep(tmp_path, postgres_url))
+    cell = sweep.cells()[0]
+    study = open_study(sweep, cell, study_storage(sweep, tmp_path))
+    Database(postgres_url).close()  # reached once by this process
+    ask = lambda: study.ask({"a1": optuna.distributions.FloatDistribution(0.5, 1.5)})  # noqa: E731
+    postgres_server.pause()
+    try:
+        with pytest.raises(Exception) as raw:
+            ask()
+        assert transient(raw.value)
+    finally:
+        postgres_server.resume()
+    study.tell(ask(), 0.5)
+    capfd.readouterr()
+    postgres_server.pause()
+    back = threading.Timer(4.0, postgres_server.resume)
+    back.start()
+    try:
+        trial = wait_out(storage_url(postgres_url), ask, "write the study to")
+        wait_out(storage_url(postgres_url), lambda: study.tell(trial, 0.25), "write the study to")
+    finally:
+        back.join()
+    assert [t.value for t in study.get_trials() if t.value is not None] == [0.5, 0.25]
+    err = capfd.readouterr().err
+    assert "waiting for results store" in err and "is back after" in err, err
+
+
 # -- a real `wconv run` through outages ---------------------------------------------------------------------------
 
 
@@ -160,29 +198,46 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
+def _cell_done(store: Store, proc: subprocess.Popen, seed: int, samples: int) -> bool:
+    if proc.poll() is not None:
+        return True
+    trials = store.trials(sweep="outage")
+    cell = trials[trials["cell"].str.endswith(f"-s{seed}")] if not trials.empty else trials
+    return len(cell) == samples + 1 and (cell["status"] == "completed").all()
+
+
 @pytest.mark.integration
-def test_a_run_rides_out_a_20_second_outage_during_a_trial_of_each_cell(postgres_server, postgres_url, tmp_path):
+def test_a_run_rides_out_a_20_second_outage_during_a_trial_and_another_between_cells(postgres_server, postgres_url,
+                                                                                    tmp_path):
     """The server stops for 20 s while the first cell's trials are held mid-way (a gate before their second epoch),
-    then again while the second cell's are. The run finishes with every trial once and nothing lost. (Opening the
-    store again between cells during an outage: ``test_a_store_that_drops_away_…``.)"""
+    then again the moment the first cell's trials are all in the store, while the runner moves on to the second
+    cell (its lease, its first claims; the second cell's trials are held at the gate, so the outage ends before any
+    of them can finish). The run finishes with every trial once and nothing lost."""
     store = Store(postgres_url)
     path = _sweep(tmp_path, postgres_url)
     gate = tmp_path / "gate"
-    run = _start(path, tmp_path, gate, **{RETRY_ENV: "300"})
+    run = _start(path, tmp_path, gate, **{RETRY_ENV: "300", "WCONV_LEASE_TIMEOUT_S": "20"})  # beats every 5 s
     try:
-        for seed in (0, 1):
-            _wait(f"two trials of seed {seed} held at the gate", lambda: _held_at_the_gate(store, run, seed),
-                  lambda: store.trials(sweep="outage")[["trial_id", "status", "epochs_run"]])
-            assert run.poll() is None, run.communicate()[1][-3000:]
-            postgres_server.pause()
-            time.sleep(20)
-            postgres_server.resume()
-            Path(f"{gate}.{seed}").touch()  # this cell's trials go on
+        _wait("two trials of seed 0 held at the gate", lambda: _held_at_the_gate(store, run, 0),
+              lambda: store.trials(sweep="outage")[["trial_id", "status", "epochs_run"]])
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        postgres_server.pause()
+        time.sleep(20)
+        postgres_server.resume()
+        Path(f"{gate}.0").touch()  # the first cell's trials go on
+        _wait("the first cell's trials in the store", lambda: _cell_done(store, run, 0, samples=2),
+              lambda: store.trials(sweep="outage")[["trial_id", "status", "epochs_run"]])
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        postgres_server.pause()
+        time.sleep(20)
+        postgres_server.resume()
+        Path(f"{gate}.1").touch()
         out, err = run.communicate(timeout=600)
     finally:
         _kill(run)
     assert run.returncode == 0, err[-3000:]
-    assert err.count("waiting for results store") >= 1 and "is back after" in err, err[-3000:]
+    # One wait per outage at least: the lease heartbeat touches the store every few seconds.
+    assert err.count("waiting for results store") >= 2 and "is back after" in err, err[-3000:]
     _check(store, cells=2, samples=2)
 
 

@@ -21,7 +21,10 @@ opened the same way by every process, and one way to write to it.
   ``WCONV_STORE_RETRY_S`` seconds (default 300), the whole transaction each time. The console says once that it is
   waiting and why, and once that the store is back. Longer, and ``StoreUnavailable`` ends the command in one line
   with exit code 75 (``EX_TEMPFAIL``): run the same command again once the store is back (a SLURM array task
-  does not yet requeue itself on it; submitting again resumes). A store never reached (a wrong host, port or password) is refused at once: that is a mistake to fix, not an outage.
+  requeues itself instead, ``launch/slurm.py``). The Optuna studies a PostgreSQL store holds are written through
+  the same wait (``wait_out``, in ``launch/search.py``). A store never reached (a wrong host, port or password)
+  is refused at once: that is a mistake to fix, not an outage; a process started by one that reached it (an
+  array task) counts it as reached (``count_as_reached``).
   Leases count their silence from when this process last reached the store again (``back_since``), so an outage
   does not make a live runner look gone. A transaction whose commit was lost with the connection is run again:
   the writes are upserts keyed by trial, epoch and lease, so running one twice writes the same rows (a claim may
@@ -93,6 +96,55 @@ def retry_seconds() -> float:
 def back_since() -> float:
     """When (``time.time()``) the store last came back after an outage in this process; 0 if it never dropped."""
     return _back_since
+
+
+def count_as_reached(url: str | Path) -> None:
+    """Wait for ``url`` when it drops away, as if this process had reached it: for a process started by one that
+    has (a SLURM array task that ``wconv submit`` recorded), to which a store down at its start is an outage."""
+    _REACHED.add(storage_url(url))
+
+
+def wait_out(url: str, attempt: Callable[[], T], doing: str) -> T:
+    """``attempt()``; a transient error (``transient``: also one Optuna wraps) of a store this process has reached
+    is retried with backoff for ``WCONV_STORE_RETRY_S`` seconds, said once, then ``StoreUnavailable``."""
+    global _back_since
+    waited_since, delay = None, 0.5
+    while True:
+        try:
+            result = attempt()
+        except Exception as exc:
+            if url not in _REACHED or not transient(exc):
+                raise
+            now_ = time.monotonic()
+            if waited_since is None:
+                waited_since = now_
+                print(f"wconv: waiting for results store {mask(url)!r} ({first_line(_dbapi(exc))}); retrying for "
+                      f"up to {retry_seconds():.0f} s ({RETRY_ENV})", file=sys.stderr, flush=True)
+            if now_ - waited_since >= retry_seconds():
+                raise StoreUnavailable(
+                    f"cannot {doing} results store {mask(url)!r}: unreachable for {now_ - waited_since:.0f} s "
+                    f"({first_line(_dbapi(exc))}); nothing was lost: run the same command again once it is back, "
+                    f"or raise {RETRY_ENV}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        if waited_since is not None:
+            _back_since = time.time()
+            print(f"wconv: results store {mask(url)!r} is back after {time.monotonic() - waited_since:.0f} s",
+                  file=sys.stderr, flush=True)
+        _REACHED.add(url)
+        return result
+
+
+def _dbapi(exc: BaseException) -> BaseException:
+    """The database error in ``exc``'s cause chain (Optuna wraps SQLAlchemy's in its own), else ``exc``."""
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, DBAPIError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return exc
 
 
 def transient(exc: BaseException) -> bool:
@@ -220,34 +272,7 @@ class Database:
         self._open()
 
     def _waiting(self, attempt: Callable[[], T], doing: str) -> T:
-        """``attempt()``; a transient error of a store this process has reached is retried (module docstring)."""
-        waited_since, delay = None, 0.5
-        while True:
-            try:
-                result = attempt()
-            except DBAPIError as exc:
-                if self.url not in _REACHED or not transient(exc):
-                    raise
-                now_ = time.monotonic()
-                if waited_since is None:
-                    waited_since = now_
-                    print(f"wconv: waiting for results store {self.masked!r} ({first_line(exc)}); retrying for up "
-                          f"to {retry_seconds():.0f} s ({RETRY_ENV})", file=sys.stderr, flush=True)
-                if now_ - waited_since >= retry_seconds():
-                    raise StoreUnavailable(
-                        f"cannot {doing} results store {self.masked!r}: unreachable for {now_ - waited_since:.0f} s "
-                        f"({first_line(exc)}); nothing was lost: run the same command again once it is back, or "
-                        f"raise {RETRY_ENV}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            if waited_since is not None:
-                global _back_since
-                _back_since = time.time()
-                print(f"wconv: results store {self.masked!r} is back after {time.monotonic() - waited_since:.0f} s",
-                      file=sys.stderr, flush=True)
-            _REACHED.add(self.url)
-            return result
+        return wait_out(self.url, attempt, doing)
 
     def _check_sqlite_file(self, database: str) -> None:
         if database in ("", ":memory:") or database.startswith("file:"):
