@@ -151,16 +151,16 @@ def _sweep(tmp_path: Path, url: str, *, samples=2, seeds=(0, 1)) -> Path:
     return path
 
 
-def _start(path: Path, tmp_path: Path, gate: Path | None = None, **env) -> subprocess.Popen:
+def _start(path: Path, tmp_path: Path, gate: Path | None = None, stderr=subprocess.PIPE, **env) -> subprocess.Popen:
     """``wconv run``; with ``gate``, its trials wait before their second epoch until the file exists
-    (``tests/gates/sitecustomize.py``)."""
+    (``tests/gates/sitecustomize.py``); ``stderr``: where its console's errors go (a file can be read while it runs)."""
     paths = [str(ROOT / "tests" / "gates"), str(ROOT)] if gate else [str(ROOT)]
     environ = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), **env)
     if gate:
         environ["WCONV_TEST_EPOCH_GATE"] = str(gate)
     return subprocess.Popen([sys.executable, "-m", "launch.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs"),
                              "--num-cpus", "2"], cwd=tmp_path, env=environ, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def _wait(what: str, probe, seen, timeout: float = 300):
@@ -212,29 +212,39 @@ def test_a_run_rides_out_a_20_second_outage_during_a_trial_and_another_between_c
     """The server stops for 20 s while the first cell's trials are held mid-way (a gate before their second epoch),
     then again the moment the first cell's trials are all in the store, while the runner moves on to the second
     cell (its lease, its first claims; the second cell's trials are held at the gate, so the outage ends before any
-    of them can finish). The run finishes with every trial once and nothing lost."""
+    of them can finish). The run finishes with every trial once and nothing lost.
+
+    The second outage starts only once the runner has said that the store is back from the first: a wait's retries
+    back off to 10 s apart, so without that the runner's first wait could still be asleep when the second outage
+    began, and span both (CI saw one wait "back after 46 s")."""
     store = Store(postgres_url)
     path = _sweep(tmp_path, postgres_url)
     gate = tmp_path / "gate"
-    run = _start(path, tmp_path, gate, **{RETRY_ENV: "300", "WCONV_LEASE_TIMEOUT_S": "20"})  # beats every 5 s
+    console = tmp_path / "stderr.txt"
+    with console.open("w") as errors:
+        run = _start(path, tmp_path, gate, stderr=errors, **{RETRY_ENV: "300", "WCONV_LEASE_TIMEOUT_S": "20"})
+    said = lambda: console.read_text()  # noqa: E731
     try:
         _wait("two trials of seed 0 held at the gate", lambda: _held_at_the_gate(store, run, 0),
               lambda: store.trials(sweep="outage")[["trial_id", "status", "epochs_run"]])
-        assert run.poll() is None, run.communicate()[1][-3000:]
+        assert run.poll() is None, said()[-3000:]
         postgres_server.pause()
         time.sleep(20)
         postgres_server.resume()
+        _wait("the runner to say the store is back", lambda: run.poll() is not None or (
+            said().count("waiting for results store") == said().count("is back after") >= 1), lambda: said()[-3000:])
         Path(f"{gate}.0").touch()  # the first cell's trials go on
         _wait("the first cell's trials in the store", lambda: _cell_done(store, run, 0, samples=2),
               lambda: store.trials(sweep="outage")[["trial_id", "status", "epochs_run"]])
-        assert run.poll() is None, run.communicate()[1][-3000:]
+        assert run.poll() is None, said()[-3000:]
         postgres_server.pause()
         time.sleep(20)
         postgres_server.resume()
         Path(f"{gate}.1").touch()
-        out, err = run.communicate(timeout=600)
+        run.communicate(timeout=600)
     finally:
         _kill(run)
+    err = said()
     assert run.returncode == 0, err[-3000:]
     # One wait per outage at least: the lease heartbeat touches the store every few seconds.
     assert err.count("waiting for results store") >= 2 and "is back after" in err, err[-3000:]
