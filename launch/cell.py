@@ -59,6 +59,17 @@ def trial_key(alpha, arm: str | None = None) -> str:
     return key if arm is None else f"{arm}-{key}"
 
 
+def group_key(alpha, arm: str | None = None) -> str:
+    """A fused group's name within its cell, and its folder beside its members': named by its first member's
+    trial key, which no other group of the cell can have."""
+    return f"group-{trial_key(alpha, arm)}"
+
+
+def group_id(cell: Cell, alpha, arm: str | None = None) -> str:
+    """The store's id of the fused group whose first member is the trial of ``alpha`` (and ``arm``)."""
+    return f"{cell.id}/{group_key(alpha, arm)}"
+
+
 def trial_id(cell: Cell, alpha, arm: str | None = None) -> str:
     return f"{cell.id}/{trial_key(alpha, arm)}"
 
@@ -227,9 +238,11 @@ def asha_rungs(sweep: Sweep) -> list[int]:
     return rungs
 
 
-def expected_epochs(sweep: Sweep) -> float:
+def expected_epochs(sweep: Sweep, members: int = 1) -> float:
     """Epochs one sampled trial runs on average under ASHA, if 1/reduction_factor of the trials reaching a
-    rung go on (ASHA's promotion rate; early stopping on patience would cut more). FIFO: the full budget."""
+    rung go on (ASHA's promotion rate; early stopping on patience would cut more). FIFO: the full budget.
+    ``members`` > 1: a fused group of that many sampled trials, which runs as long as its longest member (each
+    going on independently)."""
     epochs = sweep.training_config().epochs
     rungs = asha_rungs(sweep)
     if not rungs:
@@ -237,8 +250,9 @@ def expected_epochs(sweep: Sweep) -> float:
     go_on = 1.0 / sweep.scheduler.reduction_factor
     expected, reach = float(rungs[0]), 1.0
     for k, rung in enumerate(rungs):
-        reach *= go_on
-        expected += reach * ((rungs[k + 1] if k + 1 < len(rungs) else epochs) - rung)
+        reach *= go_on  # one trial's chance to go on past this rung; a group's: any member's
+        share = reach if members == 1 else 1 - (1 - reach) ** members
+        expected += share * ((rungs[k + 1] if k + 1 < len(rungs) else epochs) - rung)
     return expected
 
 

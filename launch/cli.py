@@ -38,6 +38,9 @@ def _cmd_plan(args) -> None:
                  else ", plus the α = 1 baseline"))
     else:
         print(f"{sweep.search.sampler} sampler: {sweep.search.num_samples} sampled α per cell, plus the α = 1 baseline")
+    if sweep.resources.group_size > 1:
+        _plan_groups(sweep, timing)
+        return
     print(f"{'cell':<28} {'α ranges':<30} {'trials':>6} {'epochs (worst)':>14} {'expected':>9} {'rough time':>11}  "
           "timing from")
     total_time, sources = 0.0, set()
@@ -57,9 +60,56 @@ def _cmd_plan(args) -> None:
         print(f"ASHA compares trials at epochs {', '.join(map(str, asha_rungs(sweep)))} of {tc.epochs}; "
               "the trials it stops there count as stopped, never as the best")
     if sources != {"earlier trials"}:
-        print("rough time comes from earlier trials of the same model and dataset in the results database, else "
-              "benchmarks/gpu.py's measurements shipped with wconv (per GPU card, paper-size models on cifar100 or "
-              "div2k), else the paper's A100 timings (Tables 4 and 6); run a short sweep first to time this machine")
+        print(TRIAL_TIMING)
+
+
+TRIAL_TIMING = ("rough time comes from earlier trials of the same model and dataset in the results database, else "
+                "benchmarks/gpu.py's measurements shipped with wconv (per GPU card, paper-size models on cifar100 or "
+                "div2k), else the paper's A100 timings (Tables 4 and 6); run a short sweep first to time this machine")
+
+
+def _plan_groups(sweep, timing) -> None:
+    """``wconv plan``'s table for fused groups (``resources.group_size`` > 1): a cell's rough time is its
+    group-epochs × a group's seconds per epoch (``launch.budget.group_seconds_per_epoch``)."""
+    from launch.budget import EARLIER_GROUPS, cell_groups, group_seconds_per_epoch, groups_word
+    from launch.cell import asha_rungs, epoch_budget, trials_per_cell
+
+    k, epochs, groups = sweep.resources.group_size, sweep.training_config().epochs, cell_groups(sweep)
+    asha = sweep.scheduler.type == "asha"
+    n = len(groups.sizes)
+    print(f"fused groups: up to {k} trials per group, {groups_word(n)} per cell ({groups.shown()}); each group "
+          f"trains as one model on one trial's resources for up to {epochs} epochs, as long as its longest member"
+          + ("; rough time counts the last, smaller group at a full group's epoch" if len(set(groups.sizes)) > 1
+             else ""))
+    print(f"{'cell':<28} {'α ranges':<30} {'trials':>6} {'groups':>6} {'group-epochs (worst)':>20} {'expected':>9} "
+          f"{'rough time':>11}  timing from (a group's epoch)")
+    total_time, one_trial, measured = 0.0, set(), True
+    for cell in sweep.cells():
+        seconds, source = group_seconds_per_epoch(sweep, cell, timing, groups.sizes[0])
+        measured &= source.startswith(EARLIER_GROUPS)
+        if not source.startswith(EARLIER_GROUPS):
+            one_trial.add(source.split(";")[0].split(" (")[0])
+        total_time += (seconds or 0) * groups.expected
+        shown = _duration(seconds * groups.expected) if seconds else "-"
+        print(f"{cell.id:<28} {str(list(cell.ranges)):<30} {trials_per_cell(sweep):>6} {n:>6} "
+              f"{groups.worst:>20} {groups.expected:>9.0f} {shown:>11}  {source}")
+    cells = len(sweep.cells())
+    print(f"total: {cells} cell(s), {cells * trials_per_cell(sweep)} trials in {groups_word(cells * n)}, "
+          f"{cells * groups.worst} group-epochs ({epoch_budget(sweep)} trial epochs) at most"
+          + (f"; about {_duration(total_time)} of group time on one slot"
+             + (" as ASHA is expected to stop members" if asha else "") if total_time else ""))
+    if asha:
+        print(f"ASHA compares members at epochs {', '.join(map(str, asha_rungs(sweep)))} of {epochs}; a member it "
+              "stops there counts as stopped, never as the best, and its group goes on with the others; expected "
+              f"group-epochs if each member goes on at a rung with chance 1/{sweep.scheduler.reduction_factor:g}, "
+              f"the baseline's group all {epochs}")
+    if not measured:
+        print("a group's epoch comes from earlier groups of the same size in the results database, else one trial's "
+              "epoch × K ÷ the fused speedup at K (earlier groups and lone trials of the model in the database, else "
+              "benchmarks/gpu.py's per GPU card), else K × one trial's epoch, which is no bound (fused K = 2 ran at "
+              "0.61× the trials per hour of one trial per GPU on an H100)")
+    if one_trial - {"earlier trials"}:
+        print(TRIAL_TIMING)
 
 
 def _seconds_per_epoch(sweep):
@@ -79,10 +129,9 @@ def _duration(seconds: float) -> str:
 
 def _cmd_run(args) -> None:
     from launch.local import run_sweep
-    from launch.spec import load_sweep, refuse_fused_groups
+    from launch.spec import load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
-    refuse_fused_groups(sweep, args.sweep)
     if args.storage:
         sweep = sweep.model_copy(update={"storage": args.storage})
     run_sweep(sweep, runs_dir=args.runs_dir, num_cpus=args.num_cpus)
@@ -138,10 +187,9 @@ def _cmd_data(args) -> None:
 def _cmd_submit(args) -> None:
     from launch.profile import load_profile
     from launch.slurm import submit_sweep
-    from launch.spec import load_sweep, refuse_fused_groups
+    from launch.spec import load_sweep
 
     sweep = load_sweep(args.sweep, args.set)
-    refuse_fused_groups(sweep, args.sweep)
     if args.storage:
         sweep = sweep.model_copy(update={"storage": args.storage})
     profile = load_profile(args.cluster)
@@ -152,9 +200,6 @@ def _cmd_confirm(args) -> None:
     from launch.confirm import confirm_sweep, find_sweep
 
     sweep = find_sweep(args.sweep, args.set, args.storage)
-    from launch.spec import refuse_fused_groups
-
-    refuse_fused_groups(sweep, args.sweep)
     launcher = None
     if args.cluster:
         from launch.profile import load_profile

@@ -62,6 +62,8 @@ class LocalLauncher:
         what = (f"{trials_per_cell(sweep)} trials ({sweep.search.num_samples} sampled + α = 1 baseline), α ranges "
                 f"{[list(r) for r in task.cell.ranges]}" if task.plan is None else
                 f"confirmation: {', '.join(p['arm'] for p in task.plan)} on seed {task.cell.seed}")
+        if sweep.resources.group_size > 1:
+            what += f", fused in groups of up to {sweep.resources.group_size}"
         print(f"[{position} {task.cell.id}] {what}"
               + (f"; resuming: {finished} finished earlier, {len(rows) - finished} to continue" if len(rows) else ""),
               file=self.out, flush=True)

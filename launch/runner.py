@@ -37,14 +37,15 @@ from ray.tune.schedulers import FIFOScheduler
 
 from analysis.arms import FIELDS
 from analysis.store import Store
-from launch.cell import (alpha_of, cell_dir, key_of, record_fields, trial_config, trial_key,
-                         trials_per_cell)
+from analysis.store.engine import count_as_reached
+from launch.cell import (alpha_of, cell_dir, group_key, key_of, record_fields, trial_config, trial_id,
+                         trial_key, trials_per_cell)
 from launch.launcher import ResourceError, Task, owner_only
 from launch.lease import LeaseKeeper
-from launch.search import CellSearch, PlannedSearch, make_scheduler, outcome
+from launch.search import GROUP, MEMBERS, CellSearch, MemberASHA, PlannedSearch, make_scheduler, outcome
 from launch.spec import Cell, Sweep
 from wconv.status import TERMINAL, Stage, TrialStatus
-from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, METRIC_SETTINGS, REASON, REPLAY,
+from wconv.train import (DEVICE, EPOCH, FINAL, FINISHED, HOST, MEMBER, METRIC_SETTINGS, REASON, REPLAY, STATUS,
                          WALL_TIME_S)
 
 OBJECT_STORE_BYTES = 200 * 1024**2  # trials exchange metrics, not tensors
@@ -185,8 +186,9 @@ def _check(sweep: Sweep, have: dict, where: str) -> None:
                                 f"{0 if key == 'GPU' else 1}) or run where the resources are")
 
 
-def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: str) -> None:
-    """Ray Tune function trainable: one trial, checkpointed every epoch by ``run_trial`` in its own folder.
+def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: str, stage: str = Stage.SEARCH) -> None:
+    """Ray Tune function trainable: one trial, checkpointed every epoch by ``run_trial`` in its own folder, or a
+    fused group (``_train_group``).
 
     The folder is named by the trial's α, so a trial interrupted in one run (a kill, a requeue,
     another node of a shared filesystem) continues from its last epoch in the next. Tune's own
@@ -197,6 +199,8 @@ def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: 
     from wconv.train import run_trial
 
     torch.set_num_threads(max(1, int(cpus)))
+    if MEMBERS in config:
+        return _train_group(config, sweep, cell, Path(trials_dir), stage)
     alpha, arm = alpha_of(config, cell), config.get("arm")
     controls = {f: config.get(f) for f in FIELDS.values()}
 
@@ -206,6 +210,47 @@ def _trainable(config: dict, sweep: Sweep, cell: Cell, cpus: float, trials_dir: 
     with owner_only():  # also when this worker belongs to a Ray cluster that another process started
         run_trial(trial_config(sweep, cell, alpha, arm=arm, **controls), report,
                   Path(trials_dir) / trial_key(alpha, arm))
+
+
+def _train_group(config: dict, sweep: Sweep, cell: Cell, trials_dir: Path, stage: str) -> None:
+    """A fused group (``wconv.fused.run_group``), or one trial alone among groups (``run_trial``): each member in
+    its own folder (``trial_key``), as it would train alone, the group's ``group.pt`` in the group's folder. The
+    members' reports of an epoch go to Tune as one result (``{epoch, members}``); ASHA decides per member here
+    (``MemberASHA``), against the cell's rungs in the store."""
+    from wconv.fused import run_group
+    from wconv.train import run_trial
+
+    count_as_reached(sweep.storage)  # its runner has reached the store: an outage is waited out here too
+    members = config[MEMBERS]
+    configs = [trial_config(sweep, cell, m["alpha"], arm=m.get("arm"), **{f: m.get(f) for f in FIELDS.values()})
+               for m in members]
+    dirs = [trials_dir / trial_key(m["alpha"], m.get("arm")) for m in members]
+    tids = [trial_id(cell, m["alpha"], m.get("arm")) for m in members]
+    asha = MemberASHA(sweep, cell) if stage == Stage.SEARCH and sweep.scheduler.type == "asha" else None
+    pending: list[dict] = []
+
+    def report(metrics: dict, directory: Path) -> Optional[str]:
+        i = int(metrics.get(MEMBER, 0))
+        pending.append(dict(metrics, **{MEMBER: i}))
+        return asha.decide(tids[i], metrics) if asha is not None else None
+
+    def flush() -> None:
+        if pending:
+            tune.report({EPOCH: max(int(m[EPOCH]) for m in pending), MEMBERS: list(pending)})
+            pending.clear()
+
+    def alone(metrics: dict, directory: Path) -> Optional[str]:
+        decision = report(metrics, directory)
+        flush()
+        return decision
+
+    with owner_only():
+        if config[GROUP] is None:
+            run_trial(configs[0], alone, dirs[0])
+        else:
+            run_group(configs, report, trials_dir / group_key(members[0]["alpha"], members[0].get("arm")), dirs,
+                      epoch_end=flush)
+    flush()
 
 
 def _epoch_metrics(result: dict) -> dict:
@@ -239,45 +284,98 @@ class StoreCallback(tune.Callback):
         self.__dict__.update(state, store=None)
 
     def _record(self, trial, **fields) -> None:
+        self._record_entry({"alpha": alpha_of(trial.config, self.cell), "arm": trial.config.get("arm")}, **fields)
+
+    def _record_entry(self, entry: dict, **fields) -> None:
+        """Write the trial of ``entry`` (a trial's α and arm: a group's member, or a trial alone)."""
         if self.store is None:
             self.store = Store(self.sweep.storage)
-        alpha, arm = alpha_of(trial.config, self.cell), trial.config.get("arm")
-        self.store.record_trial(self.sweep.name, key_of(trial.config, self.cell), owner=self.owner, stage=self.stage,
+        alpha, arm = entry["alpha"], entry.get("arm")
+        self.store.record_trial(self.sweep.name, trial_id(self.cell, alpha, arm), owner=self.owner, stage=self.stage,
                                 **record_fields(self.cell, alpha, arm), **fields)
 
+    def _record_epochs(self, tid: str, result: dict) -> None:
+        """The epoch of ``result`` and, after a restart, the epochs checkpointed before it that the store has not
+        got (a replay has no wall time: it would erase it)."""
+        if self.store is None:
+            self.store = Store(self.sweep.storage)
+        epochs = {int(m[EPOCH]): _epoch_metrics(m) for m in result.get(REPLAY, [])}
+        if epochs:
+            recorded = self.store.epochs(self.sweep.name, tid)
+            epochs = {e: m for e, m in epochs.items() if recorded.empty or e not in set(recorded["epoch"])}
+        epochs[int(result[EPOCH])] = _epoch_metrics(result)
+        self.store.record_epochs(self.sweep.name, tid, epochs, owner=self.owner)
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        if MEMBERS in trial.config:
+            group = trial.config[GROUP]
+            for i, entry in enumerate(trial.config[MEMBERS]):
+                self._record_entry(entry, status=TrialStatus.RUNNING, group_id=group,
+                                   member=None if group is None else i,
+                                   checkpoint=str(self.trials_dir / trial_key(entry["alpha"], entry.get("arm"))))
+            return
         key = trial_key(alpha_of(trial.config, self.cell), trial.config.get("arm"))
         self._record(trial, status=TrialStatus.RUNNING, checkpoint=str(self.trials_dir / key))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.store is None:
-            self.store = Store(self.sweep.storage)
-        tid = key_of(trial.config, self.cell)
-        epochs = {int(m[EPOCH]): _epoch_metrics(m) for m in result.get(REPLAY, [])}
-        if epochs:  # after a restart, the epochs checkpointed before it: record those the store has not got (a
-            recorded = self.store.epochs(self.sweep.name, tid)  # replay has no wall time: it would erase it)
-            epochs = {e: m for e, m in epochs.items() if recorded.empty or e not in set(recorded["epoch"])}
-        epochs[int(result[EPOCH])] = _epoch_metrics(result)
-        self.store.record_epochs(self.sweep.name, tid, epochs, owner=self.owner)
+        if MEMBERS in trial.config:
+            entries = trial.config[MEMBERS]
+            for report in result.get(MEMBERS) or []:
+                entry = entries[int(report[MEMBER])]
+                self._record_epochs(trial_id(self.cell, entry["alpha"], entry.get("arm")), report)
+                if report.get(FINISHED):
+                    self._record_entry(entry, **ended(report, report.get(STATUS)))
+                else:
+                    self._record_entry(entry, **running(report))
+            return
+        self._record_epochs(key_of(trial.config, self.cell), result)
         if not result.get(FINISHED):
-            self._record(trial, status=TrialStatus.RUNNING, epochs_run=int(result[EPOCH]), host=result.get(HOST),
-                         device=result.get(DEVICE), wall_time_s=result.get(WALL_TIME_S))
+            self._record(trial, **running(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        status = outcome(last, error=False)
-        common = dict(epochs_run=int(last.get(EPOCH, 0)), wall_time_s=last.get(WALL_TIME_S),
-                      host=last.get(HOST), device=last.get(DEVICE))
-        if status == TrialStatus.STOPPED:
-            partial = {k: v for k, v in last.items() if k.startswith("val_")}
-            self._record(trial, status=TrialStatus.STOPPED, reason=f"stopped by ASHA after {common['epochs_run']} epoch(s)",
-                         metrics=partial, **common)
-        else:
-            self._record(trial, status=status, reason=last.get(REASON), metrics=last.get(FINAL),
-                         metric_settings=last.get(METRIC_SETTINGS), **common)
+        if MEMBERS in trial.config:
+            ends = {int(r[MEMBER]): r for r in last.get(MEMBERS) or [] if r.get(FINISHED)}
+            for i, entry in enumerate(trial.config[MEMBERS]):
+                if i in ends:
+                    self._record_entry(entry, **ended(ends[i], ends[i].get(STATUS)))
+            self._fail_unfinished(trial, "its group ended without its final report")
+            return
+        self._record(trial, **ended(last, outcome(last, error=False)))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if MEMBERS in trial.config:
+            self._fail_unfinished(trial, _error_line(trial))
+            return
         self._record(trial, status=TrialStatus.FAILED, reason=_error_line(trial))
+
+    def _fail_unfinished(self, trial, reason: str) -> None:
+        """The members of a group that the store does not have ended: failed, for ``reason``."""
+        if self.store is None:
+            self.store = Store(self.sweep.storage)
+        for entry in trial.config[MEMBERS]:
+            row = self.store.trial(self.sweep.name, trial_id(self.cell, entry["alpha"], entry.get("arm")))
+            if row is None or row["status"] not in TERMINAL:
+                self._record_entry(entry, status=TrialStatus.FAILED, reason=reason)
+
+
+def running(report: dict) -> dict:
+    """A trial's store fields while it runs, from its epoch ``report``."""
+    return dict(status=TrialStatus.RUNNING, epochs_run=int(report[EPOCH]), host=report.get(HOST),
+                device=report.get(DEVICE), wall_time_s=report.get(WALL_TIME_S))
+
+
+def ended(last: dict, status: str) -> dict:
+    """A trial's store fields once it ended with ``status``, from its last report. Stopped (by Tune's ASHA, before
+    its end, or by ``MemberASHA`` inside a group): its last epoch's ``val_*`` metrics, as far as it got."""
+    common = dict(epochs_run=int(last.get(EPOCH, 0)), wall_time_s=last.get(WALL_TIME_S), host=last.get(HOST),
+                  device=last.get(DEVICE))
+    if status == TrialStatus.STOPPED:
+        partial = {k: v for k, v in last.items() if k.startswith("val_")}
+        return dict(status=TrialStatus.STOPPED, metrics=partial, **common,
+                    reason=last.get(REASON) or f"stopped by ASHA after {common['epochs_run']} epoch(s)")
+    return dict(status=status, reason=last.get(REASON), metrics=last.get(FINAL),
+                metric_settings=last.get(METRIC_SETTINGS), **common)
 
 
 class ProgressCallback(tune.Callback):
@@ -296,8 +394,13 @@ class ProgressCallback(tune.Callback):
     def __setstate__(self, state):
         self.__dict__.update(state, out=None)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if any(r.get(FINISHED) for r in result.get(MEMBERS) or []):  # members of a group end one by one
+            self.show()
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.show()
+        if MEMBERS not in trial.config:
+            self.show()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.show()
@@ -349,7 +452,7 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path | str, *, worker: int = 0,
         shutil.rmtree(directory / f"tune-{worker}", ignore_errors=True)  # Tune's state is never restored
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, sweep=sweep, cell=cell, cpus=sweep.resources.cpus_per_trial,
-                                 trials_dir=str(trials_dir)),
+                                 trials_dir=str(trials_dir), stage=stage),
             {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial},
         )
         search = (CellSearch(sweep, cell, Path(runs_dir), leases.holder) if plan is None

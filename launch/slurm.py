@@ -237,10 +237,13 @@ def _active_jobs(store: Store, sweep: str) -> list[str]:
 
 def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: StoreTiming) -> list[str]:
     """GPU-hours of the worst case (every trial to the full budget) and of the expected ASHA case; seconds per
-    epoch as ``launch.budget`` finds them (``measured``: the store's earlier trials)."""
+    epoch as ``launch.budget`` finds them (``measured``: the store's earlier trials). With fused groups
+    (``resources.group_size`` > 1) the same per group: a group's epochs on one trial's GPUs."""
     from launch.budget import seconds_per_epoch
     from launch.cell import cell_epochs
 
+    if sweep.resources.group_size > 1:
+        return _group_budget_lines(sweep, tasks, measured)
     worst_h = expected_h = 0.0
     sources, unknown, each = set(), [], []
     gpus = sweep.resources.gpus_per_trial or 0
@@ -263,6 +266,44 @@ def budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: StoreTiming) -> 
                      + (f"; no timing for {', '.join(sorted(set(unknown)))}" if unknown else "") + ")")
     if each:
         lines.append("seconds per epoch: " + "; ".join(each))
+    return lines
+
+
+def _group_budget_lines(sweep: Sweep, tasks: Sequence[Task], measured: StoreTiming) -> list[str]:
+    """``budget_lines`` for fused groups: a cell's group-epochs (``launch.budget.cell_groups``) × a group's seconds
+    per epoch (``group_seconds_per_epoch``, at the cell's largest group; the last, smaller group counted as a full
+    one) × ``gpus_per_trial``."""
+    from launch.budget import EARLIER_GROUPS, cell_groups, group_seconds_per_epoch, groups_word
+
+    groups = cell_groups(sweep)
+    k = groups.sizes[0]
+    kinds = ((EARLIER_GROUPS, f"earlier groups of {k}"), ("÷ fused", f"one trial's epoch × {k} ÷ a measured fused "
+                                                          "speedup"),
+             ("no fused timing", f"{k} × one trial's epoch (no fused timing)"))
+    worst_h = expected_h = 0.0
+    sources, unknown, each = set(), [], []
+    gpus = sweep.resources.gpus_per_trial or 0
+    for cell in {t.cell.id: t.cell for t in tasks}.values():
+        seconds, source = group_seconds_per_epoch(sweep, cell, measured, k)
+        if seconds is None:
+            unknown.append(cell.model)
+            continue
+        sources.add(next(kind for found, kind in kinds if found in source))
+        each.append(f"{cell.id} {seconds:.3g} s ({source})")
+        worst_h += groups.worst * seconds * gpus / 3600
+        expected_h += groups.expected * seconds * gpus / 3600
+    n = len(groups.sizes)
+    lines = [f"fused groups: up to {sweep.resources.group_size} trials per group, {groups_word(n)} per cell "
+             f"({groups.shown()}), each on one trial's resources for as long as its longest member",
+             f"budget per cell: {groups.worst} group-epochs worst case, {groups.expected:.0f} expected under ASHA "
+             f"({sweep.search.num_samples} sampled trials + the full-budget baseline, in {groups_word(n)})"]
+    if gpus:
+        lines.append(f"GPU-hours: {worst_h:.1f} worst case, {expected_h:.1f} expected under ASHA "
+                     f"(seconds per group epoch from {', '.join(kind for _, kind in kinds if kind in sources) or '-'}"
+                     + (f"; no timing for {', '.join(sorted(set(unknown)))}" if unknown else "")
+                     + ("; the last, smaller group counted as a full one" if len(set(groups.sizes)) > 1 else "") + ")")
+    if each:
+        lines.append("seconds per group epoch: " + "; ".join(each))
     return lines
 
 

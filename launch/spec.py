@@ -168,9 +168,9 @@ class ResourcesSpec(_Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
     group_size: int = Field(1, ge=1)
-    """Trials of one cell trained as one fused model (``wconv.fused``) on one trial's resources; 1: each trial
-    alone. Every model must be fusable (``wconv.models.registry.fusable``). Sweeps do not drive fused groups
-    yet: ``wconv run``, ``submit`` and ``confirm`` refuse a value above 1."""
+    """Up to this many trials of one cell trained as one fused group (``wconv.fused``) on one trial's resources
+    (``cpus_per_trial``, ``gpus_per_trial``): one Tune trial per group; 1: each trial alone. Every model must be
+    fusable (``wconv.models.registry.fusable``). How the search drives groups: ``launch/search.py``."""
 
 
 class _Overrides(_Strict):
@@ -383,15 +383,6 @@ def grid_axes(ranges: Sequence[tuple[float, float]], points: int) -> list[list[f
 def grid_has_baseline(ranges: Sequence[tuple[float, float]], points: int) -> bool:
     """Whether α = 1 (every coefficient 1) is one of the grid's points."""
     return all(1.0 in axis for axis in grid_axes(ranges, points))
-
-
-def refuse_fused_groups(sweep: Sweep, path: str) -> None:
-    """Refuse ``resources.group_size`` above 1 where a sweep would run: ``wconv.fused`` trains groups, but no
-    launcher drives them yet, and running the trials one by one instead would ignore the field silently."""
-    if sweep.resources.group_size > 1:
-        raise SpecError(path, [f"resources.group_size: fused groups ({sweep.resources.group_size} trials as one "
-                               "model) are not yet driven by sweeps; set resources.group_size: 1 (or drop it) to "
-                               "run the trials one by one"])
 
 
 # -- the storage URL's password --------------------------------------------------------------------

@@ -364,10 +364,6 @@ CASES = [
     field("resources.group_size", 4.0, "resources.group_size: Input should be a valid integer, got 4.0"),
     field("resources.group_size", True, "resources.group_size: Input should be a valid integer, got True"),
     field("resources.group_size", "4", "resources.group_size: Input should be a valid integer, got '4'"),
-    *[V(*argv, says=("{sweep}: resources.group_size: fused groups (4 trials as one model) are not yet driven by "
-                     "sweeps", "set resources.group_size: 1"),
-        sweep={"resources.group_size": 4}, command=command, id=f"{command}-group-size-not-yet", sub=command == "run")
-      for command, argv in (("run", ()), ("submit", ("--cluster", "local", "--dry-run")), ("confirm", ("--seeds", "2")))],
     # -- confirm's control arms: refused before any store is opened (the model without weighted convs: test_controls)
     V("--seeds", "3", "--control", "init-scale,init-shap", command="confirm", id="confirm-unknown-control",
       says=("wconv confirm: argument --control: unknown control(s) 'init-shap'", "init-scale, init-shape, lr-shape")),

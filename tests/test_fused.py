@@ -200,12 +200,31 @@ def test_adam_moments_are_per_member_after_a_member_leaves(float64, tmp_path):
     assert (results[1]["trial_status"], results[1]["epoch"]) == ("stopped", 1)
 
 
+@pytest.mark.parametrize("config", [_resnet(), _denoiser()], ids=["resnet-bn-sgd", "denoiser-adam"])
+def test_a_confirmations_arms_fused_each_equal_their_lone_trial(float64, tmp_path, config):
+    """α = 1, the chosen α and the initialisation controls (its scale, its shape) of one seed, as ``wconv confirm``
+    fuses them: each member is its lone trial (the controls' initial weights are their own, not the baseline's)."""
+    alpha = (0.6,) if config.kernel_size == 3 else (0.2, 0.8)
+    members = [config, replace(config, alpha=alpha), replace(config, init_scale=alpha),
+               replace(config, init_shape=alpha)]
+    alone = _alone(members, tmp_path)
+    fused, _ = _fused(members, tmp_path / "group")
+    for a, f in zip(alone, fused):
+        _assert_same_trial(a, f)
+    finals = [a[-1]["final"]["val_loss"] for a in alone]
+    assert len(set(finals)) == len(finals)  # four different trials, not one trained four times
+
+
 def test_groups_whose_members_differ_in_more_than_alpha_are_refused():
     base = _resnet()
-    with pytest.raises(ValueError, match="member 1: .* may differ only in alpha"):
+    with pytest.raises(ValueError, match="member 1: .* may differ only in alpha, baseline, init_scale and init_shape"):
         check_group([replace(base, alpha=(0.5,)), replace(base, alpha=(0.7,), seed=4)])
     with pytest.raises(ValueError, match="distinct alpha"):
         check_group([replace(base, alpha=(0.5,)), replace(base, alpha=(0.5,))])
+    with pytest.raises(ValueError, match="distinct alpha"):
+        check_group([replace(base, init_scale=(0.5,)), replace(base, init_scale=(0.5,))])
+    with pytest.raises(ValueError, match="lr_shape: a fused group"):
+        check_group([replace(base, lr_shape=(0.5,))])
     with pytest.raises(ValueError, match="learnable_alpha: the baseline"):
         check_group(_members(_resnet(learnable_alpha=True), [None, (0.5,)]))
 

@@ -89,8 +89,11 @@ def test_report_writes_tables_figures_index_and_manifest(classification_report):
 
 
 def test_table3_holds_the_databases_numbers(classification_report, confirmed_db):
+    """The classification smoke sweep trains fused (``group_size: 4`` in sweeps/smoke.yaml): its report reads the
+    members as it reads lone trials."""
     db, _ = confirmed_db
     rows = _rows(db, CLASSIFICATION)
+    assert {r["group_id"] is not None for r in rows} == {True} and {r["member"] for r in rows} >= {0, 1}
     best = _best_trial(rows, "val_accuracy")
     (baseline,) = [r for r in rows if r["baseline"] and r["status"] == "completed"]
     standard, weighted = _csv(classification_report / "table3_classification.csv")

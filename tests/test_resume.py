@@ -23,14 +23,15 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sweep(tmp_path: Path, name: str, *, seeds=(0,), samples=4, epochs=3, steps=6, scheduler=None) -> Path:
+def _sweep(tmp_path: Path, name: str, *, seeds=(0,), samples=4, epochs=3, steps=6, scheduler=None,
+           group_size=1) -> Path:
     spec = {
         "name": name, "task": "classification", "dataset": {"name": "digits"},
         "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
         "search": {"num_samples": samples, "metric": "val_accuracy", "seed": 0},
         "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "training": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": steps},
-        "seeds": list(seeds), "resources": {"cpus_per_trial": 1},
+        "seeds": list(seeds), "resources": {"cpus_per_trial": 1, "group_size": group_size},
         "storage": f"sqlite:///{tmp_path / 'wconv.db'}",
     }
     path = tmp_path / f"{name}.yaml"
@@ -195,20 +196,27 @@ def test_a_second_run_is_refused_and_a_sweep_killed_before_any_trial_finished_re
     assert finished.returncode == 0 and "is finished" in out
 
 
-def test_repeated_random_kills_of_a_multi_cell_sweep_lose_and_duplicate_nothing(tmp_path):
-    """Six runs, each SIGKILLed at a random moment 4-12 s after its start, or sooner: a random moment under half a
-    second after it recorded something new (an epoch or a trial), so that however fast the machine, no run gets
-    far enough to finish the sweep before its kill."""
+@pytest.mark.parametrize("group_size", [1, 3], ids=["alone", "fused"])
+def test_repeated_random_kills_of_a_multi_cell_sweep_lose_and_duplicate_nothing(tmp_path, group_size):
+    """Six runs (five fused), each SIGKILLed at a random moment 4-12 s after its start, or sooner: a random moment
+    under half a second after it recorded something new (an epoch or a trial), so that however fast the machine, no
+    run gets far enough to finish the sweep before its kill. Fused (``group_size: 3``), each cell is a group of 3 and a
+    group of 1, killed anywhere between their epochs and resumed from their ``group.pt``: every member keeps its
+    group, and an epoch the store had before a kill is never trained (hence recorded) again."""
     rng = random.Random(7)
     samples, seeds = 3, (0, 1)
-    path = _sweep(tmp_path, "kills", seeds=seeds, samples=samples, epochs=3, steps=12)
+    path = _sweep(tmp_path, "kills", seeds=seeds, samples=samples, epochs=3, steps=12, group_size=group_size)
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
 
     def progress() -> tuple:
         trials = store.trials(sweep="kills")
         return (0, 0) if trials.empty else (len(store.epochs("kills")), int(trials["status"].isin(TERMINAL).sum()))
 
-    for kill in range(6):
+    kept = {}  # (trial, epoch) -> the epoch's metrics as recorded before a kill
+    kills = 6 if group_size == 1 else 5
+    for kill in range(kills):
+        epochs = store.epochs("kills")
+        kept.update({(e["trial_id"], e["epoch"]): e["metrics"] for e in epochs.to_dict("records")})
         before = progress()
         proc = _start(path, tmp_path)
         try:
@@ -224,8 +232,17 @@ def test_repeated_random_kills_of_a_multi_cell_sweep_lose_and_duplicate_nothing(
     final = _start(path, tmp_path)
     out, err = final.communicate(timeout=600)
     assert final.returncode == 0, err[-3000:]
-    print(f"6 SIGKILLs; terminal trials after: {_count(store, 'kills')}")
+    print(f"{kills} SIGKILLs; terminal trials after: {_count(store, 'kills')}")
     _check_cells(store, "kills", cells=len(seeds), samples=samples)
+    after = {(e["trial_id"], e["epoch"]): e["metrics"] for e in store.epochs("kills").to_dict("records")}
+    assert all(after[key] == metrics for key, metrics in kept.items())  # wall_time_s too: not trained again
+    if group_size > 1:
+        trials = store.trials(sweep="kills")
+        for cell, rows in trials.groupby("cell"):
+            sizes = sorted(rows.groupby("group_id").size())
+            assert sizes == [1, 3] and rows["member"].notna().all(), rows[["trial_id", "group_id", "member"]]
+            baseline = rows[rows["baseline"].astype(bool)].iloc[0]
+            assert baseline["member"] == 0 and (rows["group_id"] == baseline["group_id"]).sum() == 3
 
 
 def test_a_hung_runner_is_taken_over_after_its_heartbeat_falls_silent(tmp_path):

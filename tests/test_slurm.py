@@ -39,14 +39,16 @@ def _no_job_outlives_its_test(request):
         subprocess.run(["scancel", *sorted(left)], capture_output=True)
 
 
-def _sweep(tmp_path: Path, name: str, *, samples=3, epochs=2, steps=5, scheduler=None, storage=None) -> Path:
+def _sweep(tmp_path: Path, name: str, *, samples=3, epochs=2, steps=5, scheduler=None, storage=None,
+           group_size=1) -> Path:
     spec = {
         "name": name, "task": "classification", "dataset": {"name": "digits"},
         "models": [{"name": "tiny_cnn", "options": {"width": 0.5}}], "kernels": {3: [[0.5, 1.5]]},
         "search": {"num_samples": samples, "metric": "val_accuracy"},
         "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "training": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "hflip": False, "max_steps_per_epoch": steps},
-        "resources": {"cpus_per_trial": 1}, "storage": storage or f"sqlite:///{tmp_path / 'wconv.db'}",
+        "resources": {"cpus_per_trial": 1, "group_size": group_size},
+        "storage": storage or f"sqlite:///{tmp_path / 'wconv.db'}",
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -216,10 +218,14 @@ def _epochs_recorded(store: Store, sweep: str) -> int:
     return 0 if trials.empty else sum(len(store.epochs(sweep, t)) for t in trials["trial_id"])
 
 
-def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_nothing_lost(slurm_cluster, tmp_path):
+def test_a_task_at_its_time_limit_then_killed_outright_resumes_its_group_each_time_with_nothing_lost(slurm_cluster,
+                                                                                                    tmp_path):
     """The task's own time limit (USR2 → submitit calls ``CellJob.checkpoint`` → requeue), then ``scontrol
-    requeue`` (SIGTERM, SIGKILL: no checkpoint): the same array task comes back each time, continues its
-    unfinished trial from its last epoch and finishes the cell with nothing lost or run twice.
+    requeue`` (SIGTERM, SIGKILL: no checkpoint): the same array task comes back each time, continues its unfinished
+    fused group (both trials of the cell, ``group_size: 2``) from its last epoch's ``group.pt`` and finishes the cell
+    with nothing lost or run twice (no epoch the store had is trained, hence recorded, again). A lone trial resumes
+    from its ``trial.pt`` the same way after a kill (tests/test_resume.py) and after a requeue of its own
+    (``test_a_task_whose_store_stays_away_past_the_retry_time_requeues_itself_and_resumes``).
 
     USR2 is sent by the test, to the job's steps as SLURM sends it ``signal_delay_s`` before the limit, once the
     task runs its first trial: SLURM itself sends it at its next time-limit check (every 30 s) after the limit comes
@@ -227,10 +233,11 @@ def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_no
     run, it killed a task still importing (before submitit's handler was set) on a busy machine. That SLURM sends it
     at the limit and submitit requeues on it is tests/test_slurm_cluster.py's (a job that only sleeps). The job is
     submitted held and its limit raised before it starts, so that SLURM's own USR2 cannot come first."""
-    samples = 1
-    # Two trials of 80 full epochs (digits has ~45 batches of 32 per epoch): 100-150 s of training on one CPU; the
-    # signal comes after the first epoch, the requeue after an epoch of the second run.
-    path = _sweep(tmp_path, "limit", samples=samples, epochs=80, steps=45, scheduler={"type": "fifo"})
+    samples, group_size = 1, 2
+    # One group of both trials, 40 full epochs (digits has ~45 batches of 32 per epoch): ~50 s of training on one
+    # CPU; the signal comes after the first epoch, the requeue after an epoch of the second run.
+    path = _sweep(tmp_path, "limit", samples=samples, epochs=40, steps=45, scheduler={"type": "fifo"},
+                  group_size=group_size)
     store = Store(f"sqlite:///{tmp_path / 'wconv.db'}")
     seen = _trials_seen(store, "limit")
     job = _submit(slurm_cluster, path, tmp_path, profile=_one_minute_profile(slurm_cluster, tmp_path))
@@ -255,6 +262,7 @@ def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_no
     recorded = _epochs_recorded(store, "limit")
     _wait("an epoch of the second run", lambda: _epochs_recorded(store, "limit") > recorded, every=0.3, seen=seen)
     before = store.trials(sweep="limit")
+    kept = store.epochs("limit")
     _scontrol(slurm_cluster, "requeue", job)
     _wait("the job to end", lambda: _finished(slurm_cluster, job), timeout=600, every=2, seen=seen)
     assert set(_sacct(slurm_cluster, job).values()) == {"COMPLETED"}
@@ -263,6 +271,11 @@ def test_a_task_at_its_time_limit_then_killed_outright_resumes_each_time_with_no
     after = store.trials(sweep="limit").set_index("trial_id")
     for _, row in before[before["status"].isin(TERMINAL)].iterrows():
         assert after.loc[row["trial_id"], "metrics"] == row["metrics"]
+    epochs = store.epochs("limit").set_index(["trial_id", "epoch"])["metrics"]
+    assert all(epochs[(e["trial_id"], e["epoch"])] == e["metrics"] for e in kept.to_dict("records"))
+    # One group of both trials, the baseline its member 0.
+    assert after["group_id"].nunique() == 1 and after["group_id"].notna().all()
+    assert sorted(after["member"]) == [0, 1] and after.loc[after["baseline"].astype(bool), "member"].item() == 0
 
 
 def test_at_its_time_limit_a_task_asks_submitit_to_requeue_the_same_task():

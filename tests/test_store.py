@@ -10,6 +10,7 @@ from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from sqlalchemy import text
 
 from analysis.store import Store, StoreError
+from analysis.store.schema import SCHEMA_VERSION
 from launch.lease import heartbeat, interrupt, leases, release_lease, take_lease
 
 
@@ -312,7 +313,11 @@ def test_an_older_schema_is_read_read_only_and_upgraded_in_place_when_written(tm
         store.record_trial("old", "c/alpha=0.9", status="running", owner="me", checkpoint="/x")
         assert store.trial("old", "c/alpha=0.9")["owner"] == "me"
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == "2"
+            assert conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == \
+                str(SCHEMA_VERSION)
+        store.record_trial("old", "c/alpha=0.9", group_id="group-x", member=1)  # version 3's columns, added
+        assert (store.trial("old", "c/alpha=0.9")["group_id"], store.trial("old", "c/alpha=0.9")["member"]) == \
+            ("group-x", 1)
 
 
 def test_a_database_written_by_a_newer_wconv_is_refused_in_one_line(tmp_path):

@@ -31,24 +31,26 @@ Each member is the trial ``run_trial`` runs with its α and the cell's seed: the
 ``run_trial``'s format, so ``resume_trial`` on that folder hands its result back like any finished trial.
 The group's own checkpoint (``group.pt``, every epoch, atomic) resumes the group exactly.
 
-How a cell's search drives a fused group
-----------------------------------------
-- The searcher proposes K α at a time: an Optuna study of the cell asked K times (``study.ask()``; TPE with
-  ``constant_liar=True`` keeps the K proposals apart), the baseline α = 1 as member 0 of the cell's first group.
-- One group is one unit of work: with Ray Tune, one Tune trial per group (a function trainable calling
-  ``run_group`` with one GPU), named by the group's α; the trial's folder holds ``group.pt`` and one folder
-  per member named by its α (the launcher's ``trial_key``), so the store keeps one row per member.
-- Every member report goes through ``report(metrics, member_dir)``: the trainable forwards it (``tune.report``
-  of the member's metrics with its ``member``/``alpha``, and the store callback writes a row per member).
+How a sweep drives fused groups (``resources.group_size``; ``launch/search.py`` and ``launch/runner.py``)
+---------------------------------------------------------------------------------------------------------
+- The cell's searcher claims up to K trials at once, in one store transaction: an orphaned group whole, else
+  the baseline α = 1 as member 0 of the cell's first group, then α from the cell's Optuna study asked up to K
+  times (TPE with ``constant_liar=True`` keeps the K proposals apart). The last group may be smaller.
+- One group is one Tune trial on one trial's resources: a function trainable calls ``run_group``; the group's
+  folder ``group-<its first member's trial key>`` holds ``group.pt`` beside one folder per member (the trial key a
+  lone trial of that α has), and the store keeps one row per member, with its ``group_id`` and ``member``.
+- ``report(metrics, member_dir)`` is called for each member; the trainable passes the reports of an epoch to Tune
+  together (``epoch_end``), and the store callback writes each member's epoch and status as a lone trial's.
 - The scheduler decides per member, inside the group: ``report`` returns None to continue a member or a
-  one-line reason to stop it. An ASHA rung decision per member needs the rung values of the whole cell,
-  which the store has (every member's per-epoch rows): the trainable asks "is this member's metric at epoch
-  r below the cell's cut-off at rung r?" and returns "stopped by ASHA at rung r". The stopped member ends
-  with ``trial_status="stopped"``, the others go on with K − 1; a member that ends (budget, patience,
-  non-finite loss, stopped) never disturbs the rest.
-- When the group is done, the searcher is told each member's ``final_value`` (``study.tell``), then asks
-  for the next K. A killed group restarts from ``group.pt`` (its first report per member replays the
+  one-line reason to stop it. ASHA's decision (``launch.search.MemberASHA``) uses Ray's own rung bookkeeping,
+  filled with the cell's rung values from the store (every member's and every lone trial's per-epoch rows). The
+  stopped member ends ``stopped``, the others go on with K − 1; a member that ends (budget, patience,
+  non-finite loss, stopped) never disturbs the rest. The searcher tells the study each member's end as it happens.
+- A killed group is claimed back whole and restarts from ``group.pt`` (its first report per member replays the
   earlier epochs, as ``run_trial``'s does); members that had ended report their results again.
+- A confirmation (``wconv confirm``) fuses the arms of one seed: α, α = 1 and the initialisation controls
+  (members may differ in ``init_scale`` and ``init_shape``, applied when each member is built); the lr-shape arm
+  trains alone.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from wconv.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, trial_checkpoint
-from wconv.conv import DensityStep, param_groups
+from wconv.conv import DensityStep, convert, param_groups
 from wconv.result import (
     ALPHA,
     COMPLETED,
@@ -101,33 +103,41 @@ MemberReport = Callable[[dict, Path], Optional[str]]
 ``alpha``; the last one a ``FinalReport``). Return None to go on, or a one-line reason to stop the member."""
 
 
+_MAY_DIFFER = {"alpha": None, "baseline": False, "init_scale": None, "init_shape": None}
+"""What a group's members may differ in: the density and what is applied once, when the model is built."""
+
+
 def check_group(members: Sequence[TrialConfig]) -> None:
-    """ValueError unless ``members`` can train as one group: the same trial but for α (and the baseline
-    flag), distinct α, and no standard-conv member when α is learnable."""
+    """ValueError unless ``members`` can train as one group: the same trial but for α, the baseline flag and the
+    initialisation controls (``init_scale``, ``init_shape``), each member distinct, no lr-shape member (its
+    per-position learning rate needs an optimiser of its own), and no standard-conv member when α is learnable."""
     if not members:
         raise ValueError("a fused group needs at least one member")
-    first = replace(members[0], alpha=None, baseline=False)
+    first = replace(members[0], **_MAY_DIFFER)
     for i, m in enumerate(members):
-        if replace(m, alpha=None, baseline=False) != first:
-            raise ValueError(f"member {i}: a fused group's members may differ only in alpha and baseline "
-                             f"(model, dataset, kernel size, seed, training and options must be equal)")
+        if replace(m, **_MAY_DIFFER) != first:
+            raise ValueError(f"member {i}: a fused group's members may differ only in alpha, baseline, init_scale and "
+                             f"init_shape (model, dataset, kernel size, seed, training and options must be equal)")
     if members[0].lr_shape is not None:
         raise ValueError("lr_shape: a fused group steps its members with one optimiser; run an lr-shape trial alone "
                          "with run_trial")
-    alphas = [m.alpha for m in members]
-    if len(set(alphas)) != len(alphas):
-        raise ValueError(f"a fused group's members need distinct alpha, got {alphas}")
-    if members[0].training.learnable_alpha and None in alphas:
+    kinds = [(m.alpha, m.init_scale, m.init_shape) for m in members]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"a fused group's members need distinct alpha (or initialisation controls), got "
+                         f"{[m.alpha for m in members]}")
+    if members[0].training.learnable_alpha and None in [m.alpha for m in members]:
         raise ValueError("training.learnable_alpha: the baseline (alpha None) cannot join a learnable-α group; "
                          "run it alone with run_trial")
 
 
-def _weighted(config: TrialConfig) -> TrialConfig:
-    """A standard-conv member is trained as Φ = 1 (``weight * 1`` is ``weight`` exactly), so every member
-    has the same modules."""
-    if config.alpha is not None:
-        return config
-    return replace(config, alpha=(1.0,) * ((config.kernel_size - 1) // 2))
+def _member_model(config: TrialConfig, data, device: torch.device) -> torch.nn.Module:
+    """A member's model, built and initialised as its lone trial builds it (seed, α, the initialisation
+    controls); a standard-conv member's convs are then weighted with Φ = 1 (``weight * 1`` is ``weight`` exactly),
+    so that every member has the same modules."""
+    model = build_model(config, data, device)
+    if config.alpha is None:
+        convert(model, {config.kernel_size: None})
+    return model
 
 
 def _slice_state(state: dict, index) -> dict:
@@ -150,7 +160,7 @@ class Group:
         self.data = load_data(members[0], self.device) if data is None else data
         self.task = Task(self.data.task, tc, self.data.num_classes, self.device)
         # Each build re-seeds the global RNGs, so they end as after one trial's build (dropout draws next).
-        modules = [build_model(_weighted(m), self.data, self.device) for m in members]
+        modules = [_member_model(m, self.data, self.device) for m in members]
         template = modules[0]
         self.dtype = next(template.parameters()).dtype
         self.state_keys = list(template.state_dict())
@@ -312,7 +322,8 @@ class Group:
 
 
 def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_dir: Path | str,
-              member_dirs: Optional[Sequence[Path | str]] = None) -> list[FinalReport]:
+              member_dirs: Optional[Sequence[Path | str]] = None,
+              epoch_end: Optional[Callable[[], None]] = None) -> list[FinalReport]:
     """Train ``members`` — trials of one cell that differ only in α — as one fused model; return each
     member's ``FinalReport``, in order.
 
@@ -320,7 +331,9 @@ def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_d
     member (see ``MemberReport``), which ends as ``trial_status="stopped"`` with its best epoch's ``val_*``.
     A member's ``wall_time_s`` is the group's: the time it shared the device for. The group checkpoints
     to ``checkpoint_dir/group.pt`` every epoch and continues from it exactly; members report to, and leave
-    their ``trial.pt`` in, ``member_dirs`` (default ``checkpoint_dir/member-<i>``).
+    their ``trial.pt`` in, ``member_dirs`` (default ``checkpoint_dir/member-<i>``). ``epoch_end()``, if given, is
+    called once the members' reports of an epoch (and those handed back after a restart) have all been made: a
+    caller can pass them on together.
     """
     checkpoint_dir = Path(checkpoint_dir)
     dirs = [Path(d) for d in member_dirs] if member_dirs is not None else [
@@ -336,6 +349,8 @@ def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_d
     for i, p in enumerate(group.progress):
         if p.result is not None:  # ended before the restart: hand its result to the caller again
             report(dict(p.result, replay=replay.pop(i)), dirs[i])
+    if epoch_end is not None:
+        epoch_end()
     elapsed0 = group.elapsed
     while group.active:
         reports, ending = _epoch(group, lambda: elapsed0 + time.time() - started)
@@ -351,6 +366,8 @@ def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_d
             group.end(stops, reports)
             for i in stops:
                 report(group.progress[i].result, dirs[i])
+        if epoch_end is not None:
+            epoch_end()
     return [p.result for p in group.progress]
 
 

@@ -204,9 +204,10 @@ class TrialConfig:
 
 
 CHECKPOINT = "trial.pt"
-Report = Callable[[dict, Path], None]
+Report = Callable[[dict, Path], Optional[str]]
 """``report(metrics, checkpoint_dir)``: called after every epoch's checkpoint with an ``EpochReport``,
-the last time with a ``FinalReport``."""
+the last time with a ``FinalReport``. It returns None to go on, or a one-line reason to stop the trial (a
+scheduler's decision, e.g. ASHA's at a rung): the trial then ends ``stopped`` and reports once more."""
 
 
 def pick_device() -> torch.device:
@@ -493,9 +494,14 @@ def run_trial(config: TrialConfig, report: Report, checkpoint_dir: Path | str) -
         if status is not None:
             result = trial.finish(result, status, reason)  # kept as progress.result
         trial.save()
-        report(dict(result, replay=replay) if replay else result, checkpoint_dir)
+        decision = report(dict(result, replay=replay) if replay else result, checkpoint_dir)
         replay = []
         if status is not None:
+            return result
+        if decision:  # stopped by the caller's scheduler: ends as a stopped member of a fused group does
+            result = trial.finish(result, STOPPED, str(decision))
+            trial.save()
+            report(result, checkpoint_dir)
             return result
 
 

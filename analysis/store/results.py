@@ -185,12 +185,15 @@ class Store(Database):
         per_epoch = trials["wall_time_s"] / trials["epochs_run"].astype(float)
         return per_epoch.groupby(trials["model"]).median().to_dict()
 
-    def epochs(self, sweep: str, trial_id: str | None = None) -> pd.DataFrame:
-        """Per-epoch metrics (``metrics`` as a dict) of one sweep, optionally of one trial, in epoch order."""
+    def epochs(self, sweep: str, trial_id: str | None = None, *, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+        """Per-epoch metrics (``metrics`` as a dict) of one sweep, optionally of one trial or only at ``epochs``, in
+        epoch order."""
         c = epochs_table.c
         stmt = select(epochs_table).where(c.sweep == sweep).order_by(c.trial_id, c.epoch)
         if trial_id is not None:
             stmt = stmt.where(c.trial_id == trial_id)
+        if epochs is not None:
+            stmt = stmt.where(c.epoch.in_([int(e) for e in epochs]))
         return self.read(stmt)
 
 

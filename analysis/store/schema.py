@@ -21,8 +21,9 @@ from sqlalchemy import (Boolean, Column, DateTime, Float, Integer, MetaData, Str
 
 from wconv.status import Stage, TrialStatus
 
-SCHEMA_VERSION = 2
-"""1: sweeps, trials, epochs. 2: meta, leases, jobs; trials.stage/arm/checkpoint/owner; sweeps.spec_hash."""
+SCHEMA_VERSION = 3
+"""1: sweeps, trials, epochs. 2: meta, leases, jobs; trials.stage/arm/checkpoint/owner; sweeps.spec_hash.
+3: trials.group_id/member (fused groups)."""
 
 RESULT_TABLES = frozenset({"sweeps", "trials", "epochs"})
 """The tables every wconv database has had since version 1: a database without them is not wconv's."""
@@ -74,6 +75,8 @@ trials_table = Table(
     Column("arm", String(32)),  # confirmation: alpha | baseline | init-scale
     Column("checkpoint", Text),  # the trial's checkpoint folder
     Column("owner", String(300)),  # the lease owner running it (see leases)
+    Column("group_id", String(200)),  # the fused group it trained in (``wconv.fused``); NULL: it trained alone
+    Column("member", Integer),  # its place in that group (the order of the group's stacked tensors)
     Column("started_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True)),
 )
@@ -210,7 +213,7 @@ def parse(df: pd.DataFrame) -> pd.DataFrame:
         if name in df.columns:
             # SQLite hands back naive datetimes; they were written in UTC.
             df[name] = pd.to_datetime(df[name], utc=True)
-    for name in ("kernel_size", "seed", "epochs_run", "epoch", "worker", "pid"):
+    for name in ("kernel_size", "seed", "epochs_run", "epoch", "worker", "pid", "member"):
         if name in df.columns:
             df[name] = df[name].astype("Int64")
     for name in ("alpha_1", "alpha_2", "wall_time_s"):
