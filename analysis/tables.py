@@ -213,8 +213,11 @@ def seconds_per_epoch(frames: Frames) -> pd.Series:
 
 def timing_table(frames: Frames, sweep: dict) -> Table:
     """Tables 4/6: seconds per epoch of the standard (α = 1) and weighted trials of each model (and kernel size):
-    the median over trials of ``seconds_per_epoch``; the faster in bold."""
+    the median over trials of ``seconds_per_epoch``; the faster in bold. Members of fused groups are left out,
+    and the caption says how many: a member's time is its whole group's, and its α = 1 member trains as Φ = 1."""
     trials = search_trials(frames).set_index("trial_id")
+    fused = trials["group_id"].notna() if "group_id" in trials.columns else pd.Series(False, index=trials.index)
+    trials = trials[~fused]
     per_epoch = seconds_per_epoch(frames)
     classification = sweep["task"] == "classification"
     data_rows, shown_rows, bold_rows = [], [], []
@@ -238,7 +241,9 @@ def timing_table(frames: Frames, sweep: dict) -> Table:
     number = 4 if classification else 6
     drop = ["Kernel size"] if classification and len({r["kernel_size"] for r in data_rows}) <= 1 else []
     caption = (f"Table {number} — training time [seconds] per epoch: median over trials of the time between "
-               "consecutive epochs (setup and first-epoch warm-up left out; concurrent trials share the machine).")
+               "consecutive epochs (setup and first-epoch warm-up left out; concurrent trials share the machine)."
+               + (f" {int(fused.sum())} trial(s) trained in fused groups are left out: a member's time is its whole "
+                  "group's (resources.group_size: 1 times trials one by one)." if fused.any() else ""))
     return _table(f"table{number}_time", caption, data_rows, shown_rows, bold_rows, drop)
 
 

@@ -201,8 +201,10 @@ def cell_groups(sweep: Sweep) -> CellGroups:
     from launch.cell import expected_epochs, trials_per_cell
 
     k, n, epochs = sweep.resources.group_size, trials_per_cell(sweep), sweep.training_config().epochs
-    sizes = (k,) * (n // k) + ((n % k,) if n % k else ())
-    # The baseline α = 1 is member 0 of the cell's first group (wconv.fused): that group runs the full budget.
+    alone = k > 1 and sweep.training_config().learnable_alpha  # the baseline trains alone (launch/search.py)
+    rest = n - 1 if alone else n
+    sizes = (1,) * alone + (k,) * (rest // k) + ((rest % k,) if rest % k else ())
+    # The baseline α = 1 is member 0 of the cell's first group (wconv.fused), or alone: it runs the full budget.
     expected = epochs + sum(expected_epochs(sweep, size) for size in sizes[1:])
     return CellGroups(sizes, len(sizes) * epochs, expected)
 

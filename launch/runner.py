@@ -241,7 +241,8 @@ def _train_group(config: dict, sweep: Sweep, cell: Cell, trials_dir: Path, stage
 
     def alone(metrics: dict, directory: Path) -> Optional[str]:
         decision = report(metrics, directory)
-        flush()
+        if not decision:  # a stopped trial's epoch goes with its final report, once its checkpoint says stopped
+            flush()
         return decision
 
     with owner_only():

@@ -461,8 +461,9 @@ class MemberASHA:
     every lone trial's, from every worker and earlier run. A decision then goes exactly as Ray's ASHA decides a
     lone trial's report: a trial already recorded at a rung goes on; else its value is cut against the rung's
     (1 − 1/reduction_factor) quantile and recorded there, so the members of one group that reach a rung in the same
-    epoch are decided one after another, as Tune decides trials' reports in the order they arrive. The baseline is
-    never stopped and never recorded; a report at or past the budget is not decided (the trial ends there).
+    epoch are decided one after another, as Tune decides trials' reports in the order they arrive. A trial's last
+    report (it ended there: patience) is recorded, not decided. The baseline is never stopped and never recorded; a
+    report at or past the budget is not decided (the trial ends there).
     """
 
     def __init__(self, sweep: Sweep, cell: Cell, store: Optional[Store] = None):
@@ -480,12 +481,13 @@ class MemberASHA:
     def decide(self, tid: str, report: dict) -> Optional[str]:
         """None to go on, or the reason that stops the trial ``tid`` after its (unfinished) epoch ``report``."""
         epoch, value = int(report[EPOCH]), report.get(self.metric)
-        if report.get(BASELINE) or report.get(FINISHED) or epoch >= self.max_t or value is None \
-                or not math.isfinite(float(value)):
+        if report.get(BASELINE) or epoch >= self.max_t or value is None or not math.isfinite(float(value)):
             return None  # as Ray's ASHA: no metric, no decision (a failed epoch ends the trial anyway)
         if self.epoch != epoch:  # the rungs as the store has them now; then this epoch's decisions are added
             self.bracket, self.epoch = self.rungs(epoch), epoch
         action = self.bracket.on_result(_Named(tid), epoch, self.op * float(value))
+        if report.get(FINISHED):  # ended here (patience): recorded in its rung, as Ray records a completed trial's
+            return None
         return f"stopped by ASHA after {epoch} epoch(s)" if action == TrialScheduler.STOP else None
 
     def rungs(self, epoch: int) -> _Bracket:

@@ -320,3 +320,14 @@ def test_the_shipped_fused_speedups_are_the_benchmark_documentations_numbers():
     documented = {int(k): float(x) for k, x in
                   re.findall(r"^\| \(c\) fused K = (\d+)[^|]*\|[^|]*\|[^|]*\|[^|]*\| ([\d.]+)× \|", docs, flags=re.M)}
     assert documented and entry["fused"] == {"resnet56": {3: documented}}
+
+
+def test_with_learnable_alpha_the_baseline_is_budgeted_alone_as_it_trains():
+    """The α = 1 baseline cannot share a learnable-α group (launch/search.py): 1 + 4+4+4+3 for 16 trials."""
+    from launch.budget import cell_groups
+    from launch.spec import load_sweep
+
+    sweep = load_sweep(ROOT / "sweeps" / "smoke.yaml", ["search.num_samples=15", "resources.group_size=4",
+                                                        "training.learnable_alpha=true", "scheduler.type=fifo"])
+    groups = cell_groups(sweep)
+    assert groups.sizes == (1, 4, 4, 4, 3) and groups.worst == 5 * 8 and groups.expected == 5 * 8

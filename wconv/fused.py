@@ -304,7 +304,7 @@ class Group:
         if not self.checkpoint.exists():
             return
         saved = load_checkpoint(self.checkpoint, map_location=self.device)
-        if saved["members"] != [asdict(m) for m in self.members]:
+        if [_what(m) for m in saved["members"]] != [_what(asdict(m)) for m in self.members]:
             raise ValueError(f"{self.checkpoint}: holds the checkpoint of another group; give this group "
                              f"its own folder or delete that file")
         self._keep([self.active.index(i) for i in saved["active"]])
@@ -319,6 +319,12 @@ class Group:
         set_rng_state(saved["rng"])
         self.progress = [Progress(**p) for p in saved["progress"]]
         self.epoch, self.elapsed = saved["epoch"], saved["elapsed"]
+
+
+def _what(member: dict) -> dict:
+    """What a member trains, from its ``asdict``: all but where its data lives (a resumed sweep may find the same
+    dataset under another root, as a lone trial may)."""
+    return {k: v for k, v in member.items() if k != "dataset_root"}
 
 
 def run_group(members: Sequence[TrialConfig], report: MemberReport, checkpoint_dir: Path | str,
