@@ -217,11 +217,11 @@ def timing_table(frames: Frames, sweep: dict) -> Table:
     and the caption says how many: a member's time is its whole group's, and its α = 1 member trains as Φ = 1."""
     trials = search_trials(frames).set_index("trial_id")
     fused = trials["group_id"].notna() if "group_id" in trials.columns else pd.Series(False, index=trials.index)
-    trials = trials[~fused]
     per_epoch = seconds_per_epoch(frames)
     classification = sweep["task"] == "classification"
     data_rows, shown_rows, bold_rows = [], [], []
     for (model, kernel), group in trials.groupby(["model", "kernel_size"], sort=True):
+        group = group[~fused.reindex(group.index)]  # a row for every (model, kernel), timed by its lone trials
         is_baseline = group["baseline"].fillna(False).astype(bool)
         standard = per_epoch.reindex(group.index[is_baseline]).dropna()
         weighted = per_epoch.reindex(group.index[~is_baseline]).dropna()
