@@ -79,15 +79,11 @@ def store_timing(store) -> StoreTiming:
     trials = store.trials()
     if trials.empty:
         return StoreTiming()
-    # A fused group's size: the trials sharing its group_id in its sweep, timed or not; 0: a lone trial.
-    group_ids = trials["group_id"] if "group_id" in trials.columns else [None] * len(trials)
-    group_ids = [g if isinstance(g, str) else None for g in group_ids]
-    counts: dict[tuple, int] = {}
-    for sweep, group in zip(trials["sweep"], group_ids):
-        if group is not None:
-            counts[sweep, group] = counts.get((sweep, group), 0) + 1
-    trials = trials.assign(group_size=[counts[sweep, group] if group is not None else 0
-                                       for sweep, group in zip(trials["sweep"], group_ids)])
+    # A fused group's size: the trials sharing its group_id in its sweep, timed or not; 0: a lone trial (no group_id,
+    # which groupby leaves out).
+    sizes = trials.groupby(["sweep", "group_id"]).size()
+    trials = trials.assign(group_size=[int(sizes.get((sweep, group), 0))
+                                       for sweep, group in zip(trials["sweep"], trials["group_id"])])
     trials = trials[(trials["epochs_run"].fillna(0) > 0) & trials["wall_time_s"].notna()]
     sweeps = store.sweeps()
     specs = {name: spec for name, spec in zip(sweeps["name"], sweeps["spec"]) if isinstance(spec, dict)}

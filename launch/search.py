@@ -294,7 +294,7 @@ class CellSearch(Searcher):
     def alone(self, entry: dict) -> bool:
         """Whether the trial of ``entry`` must train alone, never in a group (module docstring)."""
         learnable = self.sweep.training_config().learnable_alpha
-        return bool(entry.get(FIELDS[Arm.LR_SHAPE])) or (learnable and (is_baseline(entry["alpha"])))
+        return bool(entry.get(FIELDS[Arm.LR_SHAPE])) or (learnable and is_baseline(entry["alpha"]))
 
     def take_orphan(self, tx: LockedSweep, rows: list[dict], orphan: dict) -> "Work":
         """Claim ``orphan`` back: its whole group, members in their recorded order (ended ones too: the group
